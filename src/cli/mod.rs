@@ -1,0 +1,96 @@
+//! The command line: clap structs (docker's flag conventions) parsed into validated options,
+//! then handed to one function per command. `main.rs` only calls [`main`].
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: build, run and ship container images.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Directory for all of kiln's state (images, cache, containers).
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ROOT",
+        default_value = "/var/lib/kiln",
+        value_name = "DIR"
+    )]
+    pub root: PathBuf,
+
+    /// Verbose logs on stderr.
+    #[arg(short = 'D', long, global = true)]
+    pub debug: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and lint a Dockerfile without building it (like `docker build --check`).
+    Check(check::CheckArgs),
+}
+
+/// How a command ended, mapped to the process exit code.
+pub enum Outcome {
+    /// Everything as asked.
+    Success,
+    /// The command ran, and found problems (exit code 1).
+    Problems,
+}
+
+fn init_logging(debug: bool) {
+    let filter = if debug { "kiln=debug" } else { "kiln=warn" };
+    let env_filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Parses the command line and runs the command. Exit codes: 0 success, 1 problems found
+/// (or the command failed), 2 bad usage (clap).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.debug);
+    tracing::debug!(root = %cli.root.display(), "starting");
+    let result = match &cli.command {
+        Command::Check(args) => check::run(args),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Problems) => ExitCode::from(1),
+        Err(e) => {
+            if is_broken_pipe(&e) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("kiln: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Parses `KEY=VALUE` (docker's `--build-arg`; a bare `KEY` takes the value from the
+/// environment, and is skipped when the environment lacks it).
+pub fn parse_key_value(s: &str) -> Result<(String, Option<String>), String> {
+    match s.split_once('=') {
+        Some(("", _)) => Err(format!("invalid argument {s:?}: the name is empty")),
+        Some((k, v)) => Ok((k.to_string(), Some(v.to_string()))),
+        None if s.is_empty() => Err("invalid argument \"\": expected KEY=VALUE".into()),
+        None => Ok((s.to_string(), std::env::var(s).ok())),
+    }
+}

@@ -1,0 +1,12 @@
+//! kiln: a container engine. It builds images from Dockerfiles the way BuildKit does, runs
+//! them, and moves them to and from OCI registries. The engine is this library; the `kiln`
+//! binary (`main.rs` + [`cli`]) is one front door to it.
+//!
+//! Module map (see docs/ARCHITECTURE.md): [`parser`] (Dockerfile frontend), [`graph`]
+//! (ARG/ENV scoping, stage references), [`lint`] (`kiln check` rules), [`cli`] (commands).
+
+pub mod cli;
+pub mod graph;
+pub mod lint;
+pub mod parser;
+pub mod reference;

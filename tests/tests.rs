@@ -1,0 +1,9 @@
+//! kiln's one integration-test binary: conformance vectors, golden cases, property tests and
+//! end-to-end runs of the real `kiln` executable. Modules are grouped by capability.
+
+mod util;
+
+mod check_cli;
+mod conformance;
+mod golden;
+mod parser_properties;
