@@ -5,6 +5,7 @@
 //! Module map (see docs/ARCHITECTURE.md): [`parser`] (Dockerfile frontend), [`graph`]
 //! (ARG/ENV scoping, stage references), [`lint`] (`kiln check` rules), [`cli`] (commands).
 
+pub mod cache;
 pub mod cli;
 pub mod graph;
 pub mod lint;
