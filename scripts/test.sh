@@ -3,14 +3,15 @@
 # packages the tests need (if missing), then runs every unit and integration test once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-need=()
-for pkg_bin in "build-essential:cc" "python3:python3"; do
-  pkg=${pkg_bin%%:*} bin=${pkg_bin##*:}
-  command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+# busybox-static: the tests' base image; skopeo, umoci: interop checks; git: ADD of git repos.
+packages=(build-essential python3 busybox-static skopeo umoci git)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
-if [ ${#need[@]} -gt 0 ]; then
+if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 cargo test --locked -j"$(nproc)" 2>&1

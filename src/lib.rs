@@ -7,6 +7,8 @@
 
 pub mod cache;
 pub mod cli;
+pub mod context;
+pub mod executor;
 pub mod graph;
 pub mod lint;
 pub mod parser;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod build;
 mod check_cli;
 mod conformance;
 mod golden;

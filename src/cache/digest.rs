@@ -7,7 +7,9 @@ use std::io::{self, Write};
 use sha2::{Digest as _, Sha256};
 
 /// A validated `sha256:<64 lowercase hex>` digest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
 
@@ -20,7 +22,12 @@ impl Digest {
     /// Parses `sha256:<hex>`; other algorithms are refused (kiln writes sha256 only).
     pub fn parse(s: &str) -> Result<Digest, InvalidDigest> {
         match s.strip_prefix("sha256:") {
-            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) => {
+            Some(hex)
+                if hex.len() == 64
+                    && hex
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+            {
                 Ok(Digest(s.to_string()))
             }
             _ => Err(InvalidDigest(s.to_string())),
@@ -140,7 +147,10 @@ impl<R: io::Read> DigestReader<R> {
 
     /// The digest and size of everything read so far.
     pub fn finish(self) -> (Digest, u64) {
-        (Digest(format!("sha256:{:x}", self.hasher.finalize())), self.read)
+        (
+            Digest(format!("sha256:{:x}", self.hasher.finalize())),
+            self.read,
+        )
     }
 }
 
@@ -161,7 +171,10 @@ mod tests {
     #[test]
     fn digests() {
         let d = Digest::of(b"");
-        assert_eq!(d.as_str(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(d.short(), "e3b0c44298fc");
         assert!(Digest::parse("sha256:E3B0").is_err());
         assert!(Digest::parse("md5:abc").is_err());

@@ -1,7 +1,14 @@
 //! The command line: clap structs (docker's flag conventions) parsed into validated options,
 //! then handed to one function per command. `main.rs` only calls [`main`].
 
+mod archive;
+mod build;
 mod check;
+mod engine;
+mod format;
+mod images;
+mod progress;
+mod system;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,8 +39,48 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
     /// Parse and lint a Dockerfile without building it (like `docker build --check`).
     Check(check::CheckArgs),
+    /// List images.
+    Images(images::ImagesArgs),
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Show the history of an image.
+    History(images::HistoryArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE.
+    Tag(images::TagArgs),
+    /// Remove one or more images.
+    Rmi(images::RmiArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default).
+    Save(archive::SaveArgs),
+    /// Load an image from a tar archive or STDIN.
+    Load(archive::LoadArgs),
+    /// Manage kiln.
+    System {
+        #[command(subcommand)]
+        command: SystemCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    #[command(flatten)]
+    Common(images::ImageCommand),
+    /// Save one or more images to a tar archive.
+    Save(archive::SaveArgs),
+    /// Load an image from a tar archive or STDIN.
+    Load(archive::LoadArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Show disk usage.
+    Df,
 }
 
 /// How a command ended, mapped to the process exit code.
@@ -61,9 +108,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.debug);
     tracing::debug!(root = %cli.root.display(), "starting");
-    let result = match &cli.command {
-        Command::Check(args) => check::run(args),
-    };
+    let result = run(&cli);
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),
@@ -74,6 +119,35 @@ pub fn main() -> ExitCode {
             eprintln!("kiln: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    let engine = || engine::Engine::open(&cli.root);
+    match &cli.command {
+        Command::Check(args) => check::run(args),
+        Command::Build(args) => build::run(args, &cli.root),
+        Command::Images(args) => images::images(args, &engine()?),
+        Command::History(args) => images::history(args, &engine()?),
+        Command::Tag(args) => images::tag(args, &engine()?),
+        Command::Rmi(args) => images::rmi(args, &engine()?),
+        Command::Save(args) => archive::save(args, &engine()?),
+        Command::Load(args) => archive::load(args, &engine()?),
+        Command::Image { command } => match command {
+            ImageCommand::Common(c) => match c {
+                images::ImageCommand::Ls(args) => images::images(args, &engine()?),
+                images::ImageCommand::Inspect(args) => images::inspect(args, &engine()?),
+                images::ImageCommand::History(args) => images::history(args, &engine()?),
+                images::ImageCommand::Tag(args) => images::tag(args, &engine()?),
+                images::ImageCommand::Rm(args) => images::rmi(args, &engine()?),
+                images::ImageCommand::Prune(args) => images::prune(args, &engine()?),
+            },
+            ImageCommand::Save(args) => archive::save(args, &engine()?),
+            ImageCommand::Load(args) => archive::load(args, &engine()?),
+        },
+        Command::System { command } => match command {
+            SystemCommand::Df => system::df(&engine()?),
+        },
     }
 }
 

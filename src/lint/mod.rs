@@ -33,7 +33,19 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn from_parse_error(e: &ParseError) -> Problem {
+    /// An error at `span` (build failures use this to print like `check`).
+    pub fn error(span: Span, rule: &str, message: String) -> Problem {
+        Problem {
+            severity: Severity::Error,
+            rule: rule.to_string(),
+            message,
+            span,
+            url: None,
+        }
+    }
+
+    /// A parse error as an error-severity problem.
+    pub fn from_parse_error(e: &ParseError) -> Problem {
         Problem {
             severity: Severity::Error,
             rule: e.code().to_string(),

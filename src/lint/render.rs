@@ -31,40 +31,47 @@ fn underline(p: &Problem, src: &SourceLines) -> (usize, usize) {
 pub fn text(report: &Report, file_name: &str, src: &SourceLines) -> String {
     let mut out = String::new();
     for p in &report.problems {
-        let (col, width) = underline(p, src);
-        let sev = match p.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        let line_no = p.span.start_line;
-        out.push_str(&format!(
-            "{file_name}:{line_no}:{col}: {sev}: {}",
-            p.message
-        ));
-        if p.url.is_some() {
-            out.push_str(&format!(" [{}]", p.rule));
-        }
-        out.push('\n');
-        if let Some(text) = src.line(line_no) {
-            let gutter = line_no.to_string().len();
-            out.push_str(&format!(" {line_no} | {text}\n"));
-            let pad: String = text
-                .chars()
-                .take(col.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            out.push_str(&format!(
-                " {} | {pad}{}\n",
-                " ".repeat(gutter),
-                "^".repeat(width)
-            ));
-        }
-        if let Some(url) = &p.url {
-            out.push_str(&format!("   = help: {url}\n"));
-        }
+        out.push_str(&problem_text(p, file_name, src));
     }
     out.push_str(&summary(report));
     out.push('\n');
+    out
+}
+
+/// One problem, rendered as by [`text`] (also used for build errors).
+pub fn problem_text(p: &Problem, file_name: &str, src: &SourceLines) -> String {
+    let mut out = String::new();
+    let (col, width) = underline(p, src);
+    let sev = match p.severity {
+        Severity::Error => "error",
+        Severity::Warning => "warning",
+    };
+    let line_no = p.span.start_line;
+    out.push_str(&format!(
+        "{file_name}:{line_no}:{col}: {sev}: {}",
+        p.message
+    ));
+    if p.url.is_some() {
+        out.push_str(&format!(" [{}]", p.rule));
+    }
+    out.push('\n');
+    if let Some(text) = src.line(line_no) {
+        let gutter = line_no.to_string().len();
+        out.push_str(&format!(" {line_no} | {text}\n"));
+        let pad: String = text
+            .chars()
+            .take(col.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        out.push_str(&format!(
+            " {} | {pad}{}\n",
+            " ".repeat(gutter),
+            "^".repeat(width)
+        ));
+    }
+    if let Some(url) = &p.url {
+        out.push_str(&format!("   = help: {url}\n"));
+    }
     out
 }
 

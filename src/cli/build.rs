@@ -1,0 +1,343 @@
+//! `kiln build [OPTIONS] CONTEXT`: docker build's flags, BuildKit's behaviour.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use super::engine::Engine;
+use super::progress::{PlainProgress, ProgressMode};
+use super::{parse_key_value, Outcome};
+use crate::cache::export::{self, LayerCompression};
+use crate::cache::store::ImageStore;
+use crate::context::{BuildContext, ContextSource};
+use crate::executor::build::Builder;
+use crate::executor::ExecError;
+use crate::graph::dispatch::{dispatch, DispatchOptions, ImageSource, ResolvedImage};
+use crate::graph::{BuildOptions, GraphError, Platform};
+use crate::lint::{render, Problem};
+use crate::parser::{self, SourceLines, Span};
+use crate::reference::Reference;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Name and optionally a tag (`name:tag`); may be given several times.
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tags: Vec<String>,
+
+    /// Name of the Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Set build-time variables.
+    #[arg(long = "build-arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub build_args: Vec<(String, Option<String>)>,
+
+    /// Set the target build stage to build.
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+
+    /// Set metadata for the image.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub labels: Vec<(String, Option<String>)>,
+
+    /// Do not use cache when building the image.
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Type of progress output.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+
+    /// Suppress the build output and print the image ID on success.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Write the image ID to the file.
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+
+    /// Output destination: `type=image` (default), `type=oci|docker|tar,dest=FILE`, `type=local,dest=DIR`.
+    #[arg(short = 'o', long = "output", value_name = "type=TYPE[,dest=PATH]")]
+    pub output: Vec<String>,
+
+    /// Layer compression for exported images (oci/docker outputs).
+    #[arg(long, value_enum, value_name = "gzip|zstd|uncompressed")]
+    pub compression: Option<CompressionArg>,
+
+    /// Target platform (os/arch[/variant]).
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+
+    /// Build context: a directory, or `-` for a tar on stdin.
+    #[arg(value_name = "CONTEXT")]
+    pub context: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+impl CompressionArg {
+    pub fn layer(self) -> LayerCompression {
+        match self {
+            CompressionArg::Gzip => LayerCompression::Gzip,
+            CompressionArg::Zstd => LayerCompression::Zstd,
+            CompressionArg::Uncompressed => LayerCompression::Uncompressed,
+        }
+    }
+}
+
+/// Where the result goes (`--output`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Output {
+    Image,
+    Oci(PathBuf),
+    Docker(PathBuf),
+    Tar(PathBuf),
+    Local(PathBuf),
+}
+
+fn parse_output(spec: &str) -> anyhow::Result<Output> {
+    let mut kind = None;
+    let mut dest = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("type", v)) => kind = Some(v.to_string()),
+            Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+            Some((k, _)) if k == "name" || k == "push" => {}
+            None if kind.is_none() => dest = Some(PathBuf::from(part)),
+            _ => bail!("invalid --output {spec:?}: expected type=TYPE[,dest=PATH]"),
+        }
+    }
+    let kind = kind.unwrap_or_else(|| "local".into());
+    let need = |d: Option<PathBuf>| {
+        d.ok_or_else(|| anyhow::anyhow!("--output type={kind} needs dest=PATH"))
+    };
+    Ok(match kind.as_str() {
+        "image" => Output::Image,
+        "oci" => Output::Oci(need(dest.clone())?),
+        "docker" => Output::Docker(need(dest.clone())?),
+        "tar" => Output::Tar(need(dest.clone())?),
+        "local" => Output::Local(need(dest.clone())?),
+        other => bail!("unsupported --output type {other:?} (image, oci, docker, tar, local)"),
+    })
+}
+
+/// Looks up FROM / `--from` images in the local store.
+struct LocalImages<'a>(&'a ImageStore);
+
+impl ImageSource for LocalImages<'_> {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
+        let normalized = Reference::parse(reference)
+            .map(|r| r.with_default_tag().to_string())
+            .map_err(|e| format!("{reference}: {e}"))?;
+        match self.0.lookup(reference) {
+            Ok(img) => Ok(ResolvedImage {
+                reference: normalized,
+                manifest_digest: img.manifest_digest.clone(),
+                config: img.config,
+            }),
+            Err(crate::cache::store::StoreError::NotFound(_)) => Err(format!(
+                "image {normalized:?} is not in the local store (load it with `kiln load -i FILE`)"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A build failure printed like `kiln check` does: file:line:col, source line, caret.
+fn located(file: &str, src: &SourceLines, span: Span, message: String) -> anyhow::Error {
+    let text = render::problem_text(&Problem::error(span, "BuildError", message), file, src);
+    anyhow::anyhow!("{}", text.trim_end())
+}
+
+pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let outputs = args
+        .output
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let outputs = if outputs.is_empty() {
+        vec![Output::Image]
+    } else {
+        outputs
+    };
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| {
+            Reference::parse(t)
+                .map(|r| r.with_default_tag())
+                .map_err(|e| anyhow::anyhow!("invalid tag {t:?}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // The context, the Dockerfile and its ignore file.
+    let (source, context_dir) = if args.context == "-" {
+        (ContextSource::Tar(Box::new(std::io::stdin())), None)
+    } else {
+        let dir = PathBuf::from(&args.context);
+        if !dir.is_dir() {
+            bail!(
+                "unable to prepare context: path {:?} not found",
+                args.context
+            );
+        }
+        (ContextSource::Dir(dir.clone()), Some(dir))
+    };
+    let dockerfile_path = match (&args.file, &context_dir) {
+        (Some(f), _) => f.clone(),
+        (None, Some(d)) => d.join("Dockerfile"),
+        (None, None) => PathBuf::from("Dockerfile"),
+    };
+    let ignore_text = match &context_dir {
+        Some(dir) => crate::context::dockerignore::ignore_file_for(&dockerfile_path, dir)
+            .and_then(|p| std::fs::read_to_string(p).ok()),
+        None => None,
+    };
+    let context =
+        BuildContext::open(source, ignore_text.as_deref()).context("opening the build context")?;
+    let dockerfile_path = if context_dir.is_none() && args.file.is_none() {
+        context.root().join("Dockerfile")
+    } else if context_dir.is_none() {
+        context.root().join(dockerfile_path)
+    } else {
+        dockerfile_path
+    };
+    let mut text = String::new();
+    std::fs::File::open(&dockerfile_path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .with_context(|| format!("cannot read Dockerfile {}", dockerfile_path.display()))?;
+    let file_name = dockerfile_path.display().to_string();
+    let src = SourceLines::new(&text);
+    let dockerfile =
+        parser::parse(&text).map_err(|e| located(&file_name, &src, e.span(), e.to_string()))?;
+
+    // Options.
+    let mut build = BuildOptions::default();
+    if let Some(p) = &args.platform {
+        build.target_platform = Platform::parse(p)?;
+    }
+    for (k, v) in &args.build_args {
+        if let Some(v) = v {
+            build.build_args.insert(k.clone(), v.clone());
+        }
+    }
+    let labels: BTreeMap<String, String> = args
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().unwrap_or_default()))
+        .collect();
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(
+            v.parse::<i64>()
+                .with_context(|| format!("invalid SOURCE_DATE_EPOCH {v:?}"))?,
+        ),
+        _ => None,
+    };
+    let opts = DispatchOptions {
+        build,
+        target: args.target.clone(),
+        labels,
+        now: now(),
+        source_date_epoch,
+    };
+
+    let engine = Engine::open(root)?;
+    let plan = dispatch(&dockerfile, &opts, &LocalImages(&engine.store)).map_err(|e| match e {
+        GraphError::Expansion { span, message } if span.start_line > 0 => {
+            located(&file_name, &src, span, message)
+        }
+        e => anyhow::anyhow!(e),
+    })?;
+    let snapshots = engine.snapshotter()?;
+    let mode = if args.quiet {
+        ProgressMode::Quiet
+    } else {
+        args.progress
+    };
+    let progress = PlainProgress::new(mode);
+    let builder = Builder {
+        store: &engine.store,
+        snapshots: snapshots.as_ref(),
+        tmp: engine.tmp(),
+        progress: &progress,
+    };
+    let tree = crate::executor::context_tree::ContextTree::new(&context);
+    let image = builder.build(&plan, &tree).map_err(|e| match e {
+        ExecError::Step {
+            span,
+            instruction,
+            message,
+        } => located(&file_name, &src, span, format!("{instruction}: {message}")),
+        e => anyhow::anyhow!(e),
+    })?;
+
+    let first_step = plan.stages.iter().map(|s| s.ops.len()).sum::<usize>() + 1;
+    for (step, output) in (first_step..).zip(outputs.iter()) {
+        match output {
+            Output::Image => {
+                progress.note(step, &format!("writing image {} done", image.id()));
+                for t in &tags {
+                    engine.store.tag(t, &image.manifest_digest)?;
+                    progress.note(step, &format!("naming to {t} done"));
+                }
+            }
+            Output::Oci(dest) | Output::Docker(dest) => {
+                let compression = args
+                    .compression
+                    .map(CompressionArg::layer)
+                    .unwrap_or(LayerCompression::Keep);
+                let exported =
+                    export::prepare_for_export(&engine.store, &image.manifest_digest, compression)?;
+                let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+                let file = std::fs::File::create(dest)
+                    .with_context(|| format!("cannot create {}", dest.display()))?;
+                let mut w = std::io::BufWriter::new(file);
+                if matches!(output, Output::Oci(_)) {
+                    export::write_oci_archive(&engine.store, &[(names, exported)], &mut w)?;
+                } else {
+                    export::write_docker_archive(&engine.store, &[(names, exported)], &mut w)?;
+                }
+                w.flush()?;
+                progress.note(step, &format!("exporting to {} done", dest.display()));
+            }
+            Output::Local(dest) | Output::Tar(dest) => {
+                let chain = crate::cache::snapshot::chain_id(&image.config.rootfs.diff_ids);
+                let view = snapshots.view(chain.as_ref())?;
+                if let Output::Local(dir) = output {
+                    crate::executor::export_fs::copy_tree(view.path(), dir)?;
+                } else {
+                    let file = std::fs::File::create(dest)
+                        .with_context(|| format!("cannot create {}", dest.display()))?;
+                    crate::executor::export_fs::write_tar(
+                        view.path(),
+                        std::io::BufWriter::new(file),
+                    )?;
+                }
+                progress.note(step, &format!("exporting files to {} done", dest.display()));
+            }
+        }
+    }
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, image.id().as_str())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.quiet {
+        println!("{}", image.id());
+    }
+    Ok(Outcome::Success)
+}

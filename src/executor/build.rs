@@ -1,0 +1,369 @@
+//! Executes a [`Plan`]: stage by stage, step by step, each file-changing step becomes a layer
+//! (an uncompressed tar in the content store, as BuildKit keeps local layers) and a committed
+//! snapshot; the target stage becomes an image in the store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::fileop::{self, CopyEnv, RootfsTree, SourceTree};
+use super::rootfs::resolve_in_root;
+use super::user::resolve_user;
+use super::ExecError;
+use crate::cache::image::{media, rfc3339, Descriptor, History, ImageConfig};
+use crate::cache::layer::{self, Compression, LayerOptions, UnpackMode};
+use crate::cache::snapshot::{chain_id, Snapshotter, View};
+use crate::cache::store::{ImageStore, StoredImage};
+use crate::cache::Digest;
+use crate::graph::dispatch::{Base, CopyFrom, CopyOp, Op, OpKind, Plan, StagePlan};
+
+/// A layer of an image being built: its uncompressed digest and its blob.
+#[derive(Debug, Clone)]
+pub struct LayerRef {
+    pub diff_id: Digest,
+    pub blob: Descriptor,
+}
+
+/// What a finished stage leaves for later stages and the export.
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    pub layers: Vec<LayerRef>,
+    pub config: ImageConfig,
+}
+
+impl StageResult {
+    fn chain(&self) -> Option<Digest> {
+        chain_id(
+            &self
+                .layers
+                .iter()
+                .map(|l| l.diff_id.clone())
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// Receives progress events (rendered by the CLI as plain lines or a live display).
+pub trait Progress {
+    /// A step starts: `id` numbers steps in order, `name` is `[stage 1/3] COPY …`.
+    fn started(&self, id: usize, name: &str);
+    /// A step finished after `seconds`.
+    fn done(&self, id: usize, seconds: f64);
+    /// A line of output about a step.
+    fn log(&self, id: usize, line: &str);
+}
+
+/// Where COPY finds the build context.
+pub trait ContextTree: SourceTree {}
+impl<T: SourceTree> ContextTree for T {}
+
+/// The state a build needs: the store, the snapshotter, a scratch directory.
+pub struct Builder<'a> {
+    pub store: &'a ImageStore,
+    pub snapshots: &'a dyn Snapshotter,
+    pub tmp: PathBuf,
+    pub progress: &'a dyn Progress,
+}
+
+impl Builder<'_> {
+    /// Runs every stage of the plan and stores the target as an image (untagged: the caller tags).
+    pub fn build(&self, plan: &Plan, context: &dyn SourceTree) -> Result<StoredImage, ExecError> {
+        std::fs::create_dir_all(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
+        let mut results: BTreeMap<usize, StageResult> = BTreeMap::new();
+        let mut step_id = 0;
+        for stage in &plan.stages {
+            let result = self.run_stage(plan, stage, &results, context, &mut step_id)?;
+            results.insert(stage.index, result);
+        }
+        let target = plan
+            .target()
+            .and_then(|t| results.remove(&t.index))
+            .ok_or_else(|| ExecError::Store("the build has no target stage".into()))?;
+        let mut config = target.config;
+        config.created = Some(rfc3339(plan.created));
+        let layers = target.layers.into_iter().map(|l| l.blob).collect();
+        self.store
+            .commit_image(&config, layers)
+            .map_err(|e| ExecError::Store(e.to_string()))
+    }
+
+    fn base_of(
+        &self,
+        stage: &StagePlan,
+        results: &BTreeMap<usize, StageResult>,
+    ) -> Result<StageResult, ExecError> {
+        match &stage.base {
+            Base::Scratch => Ok(StageResult {
+                layers: Vec::new(),
+                config: ImageConfig::default(),
+            }),
+            Base::Stage(i) => results.get(i).cloned().ok_or_else(|| {
+                ExecError::Store(format!(
+                    "stage {i} was not built before stage {}",
+                    stage.index
+                ))
+            }),
+            Base::Image(img) => self.image_result(&img.manifest_digest),
+        }
+    }
+
+    /// The layers of a stored image, with its snapshots unpacked.
+    fn image_result(&self, manifest: &Digest) -> Result<StageResult, ExecError> {
+        let img = self
+            .store
+            .image(manifest)
+            .map_err(|e| ExecError::Store(e.to_string()))?;
+        if img.manifest.layers.len() != img.config.rootfs.diff_ids.len() {
+            return Err(ExecError::Store(format!(
+                "image {manifest}: {} layers but {} diff_ids in its config",
+                img.manifest.layers.len(),
+                img.config.rootfs.diff_ids.len()
+            )));
+        }
+        let layers: Vec<LayerRef> = img
+            .manifest
+            .layers
+            .iter()
+            .zip(&img.config.rootfs.diff_ids)
+            .map(|(blob, diff_id)| LayerRef {
+                diff_id: diff_id.clone(),
+                blob: blob.clone(),
+            })
+            .collect();
+        self.ensure_snapshots(&layers)?;
+        Ok(StageResult {
+            layers,
+            config: img.config,
+        })
+    }
+
+    /// Makes sure every prefix of the layer chain is an unpacked snapshot.
+    fn ensure_snapshots(&self, layers: &[LayerRef]) -> Result<(), ExecError> {
+        let mut diff_ids = Vec::with_capacity(layers.len());
+        let mut parent: Option<Digest> = None;
+        for l in layers {
+            diff_ids.push(l.diff_id.clone());
+            let id = chain_id(&diff_ids).ok_or_else(|| ExecError::Store("empty chain".into()))?;
+            if !self.snapshots.exists(&id) {
+                self.unpack_into_snapshot(&id, parent.as_ref(), &l.blob.digest)?;
+            }
+            parent = Some(id);
+        }
+        Ok(())
+    }
+
+    fn unpack_into_snapshot(
+        &self,
+        id: &Digest,
+        parent: Option<&Digest>,
+        blob: &Digest,
+    ) -> Result<(), ExecError> {
+        let store = &self.store.content;
+        let mut fill = |dir: &Path, mode: UnpackMode| -> Result<(), layer::LayerError> {
+            let file = store.open_blob(blob).map_err(|e| layer::LayerError::Io {
+                op: "open layer blob",
+                path: store.blob_path(blob),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            layer::unpack_layer(std::io::BufReader::new(file), dir, mode).map(|_| ())
+        };
+        self.snapshots
+            .create(id, parent, &mut fill)
+            .map_err(|e| ExecError::Store(format!("unpacking layer {blob}: {e}")))
+    }
+
+    fn view(&self, chain: Option<&Digest>) -> Result<View, ExecError> {
+        self.snapshots
+            .view(chain)
+            .map_err(|e| ExecError::Store(e.to_string()))
+    }
+
+    fn run_stage(
+        &self,
+        plan: &Plan,
+        stage: &StagePlan,
+        results: &BTreeMap<usize, StageResult>,
+        context: &dyn SourceTree,
+        step_id: &mut usize,
+    ) -> Result<StageResult, ExecError> {
+        let base = self.base_of(stage, results)?;
+        let mut layers = base.layers;
+        let mut history = base.config.history;
+        let created = rfc3339(plan.created);
+        let total = stage.ops.len();
+        let stage_name = stage
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", stage.index));
+        for (n, op) in stage.ops.iter().enumerate() {
+            *step_id += 1;
+            let label = format!(
+                "[{stage_name} {}/{total}] {}",
+                n + 1,
+                op.created_by.trim_end_matches(" # buildkit")
+            );
+            self.progress.started(*step_id, &label);
+            let started = Instant::now();
+            let layer = self
+                .run_op(plan, op, &layers, results, context)
+                .map_err(|e| e.at(op.span, op.created_by.trim_end_matches(" # buildkit")))?;
+            let empty = layer.is_none();
+            if let Some(l) = layer {
+                layers.push(l);
+            }
+            history.push(History {
+                created: Some(created.clone()),
+                created_by: Some(op.created_by.clone()),
+                comment: Some("buildkit.dockerfile.v0".into()),
+                empty_layer: empty,
+                ..Default::default()
+            });
+            self.progress
+                .done(*step_id, started.elapsed().as_secs_f64());
+        }
+        let mut config = stage.config.clone();
+        config.history = history;
+        config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
+        Ok(StageResult { layers, config })
+    }
+
+    fn run_op(
+        &self,
+        plan: &Plan,
+        op: &Op,
+        layers: &[LayerRef],
+        results: &BTreeMap<usize, StageResult>,
+        context: &dyn SourceTree,
+    ) -> Result<Option<LayerRef>, ExecError> {
+        let chain = chain_id(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
+        match &op.kind {
+            OpKind::Metadata => Ok(None),
+            OpKind::Run { .. } => Err(ExecError::Copy(
+                "RUN needs process execution in a sandbox, which this version of kiln does not have yet".into(),
+            )),
+            OpKind::Mkdir { path, user } => {
+                let view = self.view(chain.as_ref())?;
+                let existing = resolve_in_root(view.path(), path, true)?;
+                if existing.is_dir() {
+                    return Ok(None);
+                }
+                let owner = match user {
+                    Some(u) => {
+                        let r = resolve_user(u, Some(view.path()))?;
+                        (r.uid, r.gid)
+                    }
+                    None => (0, 0),
+                };
+                let upper = tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
+                fileop::mkdir(Some(view.path()), upper.path(), path, owner)?;
+                drop(view);
+                self.commit_layer(plan, upper.path(), chain.as_ref()).map(Some)
+            }
+            OpKind::Copy(c) => {
+                let view = self.view(if c.link { None } else { chain.as_ref() })?;
+                let upper = tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
+                let wrote = self.copy(c, view.path(), upper.path(), results, context)?;
+                drop(view);
+                if !wrote {
+                    return Ok(None);
+                }
+                self.commit_layer(plan, upper.path(), chain.as_ref()).map(Some)
+            }
+        }
+    }
+
+    fn copy(
+        &self,
+        c: &CopyOp,
+        base: &Path,
+        upper: &Path,
+        results: &BTreeMap<usize, StageResult>,
+        context: &dyn SourceTree,
+    ) -> Result<bool, ExecError> {
+        let excludes = crate::context::dockerignore::IgnoreMatcher::from_patterns(&c.excludes)
+            .map_err(|e| ExecError::Copy(e.to_string()))?;
+        let excluded =
+            |rel: &str, is_dir: bool| !c.excludes.is_empty() && excludes.is_excluded(rel, is_dir);
+        let extract = |archive: &Path, dest: &Path| -> Result<bool, ExecError> {
+            crate::cache::archive::extract_archive(archive, dest)
+                .map(|_| true)
+                .map_err(|e| ExecError::Copy(format!("extracting {}: {e}", archive.display())))
+        };
+        let env = CopyEnv {
+            base: Some(base),
+            upper,
+            excluded: &excluded,
+            extract: &extract,
+        };
+        if c.sources
+            .iter()
+            .any(|s| matches!(s, crate::graph::dispatch::CopySource::Url(_)))
+        {
+            return super::download::add_urls(c, &env, &self.tmp);
+        }
+        match &c.from {
+            CopyFrom::Context => fileop::copy(c, context, &env),
+            CopyFrom::Stage(i) => {
+                let src = results
+                    .get(i)
+                    .ok_or_else(|| ExecError::Store(format!("stage {i} was not built")))?;
+                let view = self.view(src.chain().as_ref())?;
+                let tree = RootfsTree {
+                    root: view.path(),
+                    name: format!("stage {i}"),
+                };
+                fileop::copy(c, &tree, &env)
+            }
+            CopyFrom::Image(img) => {
+                let src = self.image_result(&img.manifest_digest)?;
+                let view = self.view(src.chain().as_ref())?;
+                let tree = RootfsTree {
+                    root: view.path(),
+                    name: format!("image {}", img.reference),
+                };
+                fileop::copy(c, &tree, &env)
+            }
+        }
+    }
+
+    /// Turns a layer directory into a blob + snapshot on top of `parent`.
+    fn commit_layer(
+        &self,
+        plan: &Plan,
+        upper: &Path,
+        parent: Option<&Digest>,
+    ) -> Result<LayerRef, ExecError> {
+        let store = |e: String| ExecError::Store(e);
+        let mut writer = self
+            .store
+            .content
+            .writer()
+            .map_err(|e| store(e.to_string()))?;
+        let opts = LayerOptions {
+            source_date_epoch: plan.source_date_epoch,
+        };
+        let info = layer::write_layer(upper, Compression::Uncompressed, &opts, &mut writer)
+            .map_err(|e| store(format!("writing layer: {e}")))?;
+        let (digest, size) = writer
+            .commit(Some(&info.digest), Some(info.size))
+            .map_err(|e| store(e.to_string()))?;
+        let layer = LayerRef {
+            diff_id: info.diff_id.clone(),
+            blob: Descriptor {
+                media_type: media::OCI_LAYER.to_string(),
+                digest,
+                size,
+                platform: None,
+                annotations: BTreeMap::new(),
+            },
+        };
+        let id = match parent {
+            Some(p) => Digest::of(format!("{p} {}", info.diff_id).as_bytes()),
+            None => info.diff_id.clone(),
+        };
+        if !self.snapshots.exists(&id) {
+            self.unpack_into_snapshot(&id, parent, &layer.blob.digest)?;
+        }
+        Ok(layer)
+    }
+}

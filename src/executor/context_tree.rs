@@ -1,0 +1,67 @@
+//! The build context as a COPY source: `.dockerignore` applies, files become root-owned.
+
+use std::path::PathBuf;
+
+use super::fileop::SourceTree;
+use super::rootfs::resolve_in_root;
+use super::ExecError;
+use crate::context::BuildContext;
+
+/// Adapts an opened [`BuildContext`] to the copy engine.
+pub struct ContextTree<'a> {
+    context: &'a BuildContext,
+}
+
+impl<'a> ContextTree<'a> {
+    pub fn new(context: &'a BuildContext) -> Self {
+        ContextTree { context }
+    }
+}
+
+fn ctx_err(e: crate::context::ContextError) -> ExecError {
+    ExecError::Copy(e.to_string())
+}
+
+impl SourceTree for ContextTree<'_> {
+    fn matches(&self, pattern: &str) -> Result<Vec<String>, ExecError> {
+        Ok(self
+            .context
+            .resolve(pattern)
+            .map_err(ctx_err)?
+            .into_iter()
+            .map(|e| e.rel)
+            .collect())
+    }
+
+    fn host_path(&self, rel: &str, follow: bool) -> Result<PathBuf, ExecError> {
+        resolve_in_root(self.context.root(), &format!("/{rel}"), follow)
+    }
+
+    fn descendants(&self, rel: &str) -> Result<Vec<String>, ExecError> {
+        let entries = self.context.walk(rel, None).map_err(ctx_err)?;
+        let prefix = if rel.is_empty() || rel == "." {
+            String::new()
+        } else {
+            format!("{}/", rel.trim_end_matches('/'))
+        };
+        Ok(entries
+            .into_iter()
+            .filter_map(|e| {
+                let r = e
+                    .rel
+                    .strip_prefix(&prefix)
+                    .map(String::from)
+                    .unwrap_or(e.rel);
+                (!r.is_empty() && r != rel).then_some(r)
+            })
+            .collect())
+    }
+
+    fn preserve_owner(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        "build context".into()
+    }
+}

@@ -1,0 +1,36 @@
+//! `--output type=local|tar`: the target stage's files, exported as a directory or a tar.
+
+use std::io::Write;
+use std::path::Path;
+
+use super::ExecError;
+
+/// Writes the tree at `root` as a tar (ownership, modes, symlinks, hard links kept).
+pub fn write_tar(root: &Path, out: impl Write) -> Result<(), ExecError> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    builder
+        .append_dir_all(".", root)
+        .and_then(|_| builder.finish())
+        .map_err(|e| ExecError::io(root, e))
+}
+
+/// Copies the tree at `root` into `dest` (created if missing), preserving ownership and modes.
+pub fn copy_tree(root: &Path, dest: &Path) -> Result<(), ExecError> {
+    std::fs::create_dir_all(dest).map_err(|e| ExecError::io(dest, e))?;
+    let (reader, writer) = std::io::pipe().map_err(|e| ExecError::io(root, e))?;
+    let src = root.to_path_buf();
+    let producer = std::thread::spawn(move || write_tar(&src, writer));
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    let unpacked = archive.unpack(dest).map_err(|e| ExecError::io(dest, e));
+    drop(archive);
+    let produced = producer
+        .join()
+        .map_err(|_| ExecError::Copy("the exporting thread panicked".into()))?;
+    produced.and(unpacked)
+}
