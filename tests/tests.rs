@@ -7,4 +7,5 @@ mod build;
 mod check_cli;
 mod conformance;
 mod golden;
+mod images_cli;
 mod parser_properties;

@@ -51,6 +51,7 @@ use super::content::{BlobWriter, ContentError};
 use super::digest::{Digest, DigestReader};
 use super::gc::{GcError, Lease, Leases};
 use super::image::{self, media, to_canonical_json, Descriptor, Index, Manifest};
+use super::layer::Compression;
 use super::store::{ImageStore, StoreError};
 use crate::reference::{Reference, ReferenceError};
 
@@ -127,34 +128,13 @@ pub type Result<T, E = ExportError> = std::result::Result<T, E>;
 // Layer compression (to be unified with cache::layer::Compression)
 // ---------------------------------------------------------------------------------------------
 
-/// How a layer blob is compressed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Compression {
-    Uncompressed,
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    /// The OCI layer media type for a tar compressed this way.
-    pub(crate) fn oci_media_type(self) -> &'static str {
-        match self {
-            Compression::Uncompressed => media::OCI_LAYER,
-            Compression::Gzip => media::OCI_LAYER_GZIP,
-            Compression::Zstd => media::OCI_LAYER_ZSTD,
-        }
+/// The compression a *distributable* layer media type declares; `None` for anything else
+/// (foreign and non-distributable layers are shipped as they are).
+pub(crate) fn layer_compression(media_type: &str) -> Option<Compression> {
+    if media_type.contains("nondistributable") || media_type.contains("foreign") {
+        return None;
     }
-
-    /// The compression a layer media type declares; `None` for anything that is not a
-    /// (distributable) OCI or Docker layer.
-    pub(crate) fn from_media_type(media_type: &str) -> Option<Compression> {
-        match media_type {
-            media::OCI_LAYER | media::DOCKER_LAYER => Some(Compression::Uncompressed),
-            media::OCI_LAYER_GZIP | media::DOCKER_LAYER_GZIP => Some(Compression::Gzip),
-            media::OCI_LAYER_ZSTD => Some(Compression::Zstd),
-            _ => None,
-        }
-    }
+    Compression::parse(media_type).filter(|_| media_type.contains('/'))
 }
 
 /// Sniffs compression from the first bytes of a stream: `1f 8b` gzip, `28 b5 2f fd` zstd,
@@ -329,7 +309,7 @@ pub fn prepare_for_export(
     // Which layers change, and to what.
     let mut plan: Vec<Option<(Compression, Compression)>> = Vec::with_capacity(layers.len());
     for layer in layers {
-        let step = match Compression::from_media_type(&layer.media_type) {
+        let step = match layer_compression(&layer.media_type) {
             Some(current) => {
                 let target = compression.target(current);
                 (target != current).then_some((current, target))
@@ -382,8 +362,8 @@ pub fn prepare_for_export(
             }
             None => {
                 let mut kept = layer.clone();
-                if let Some(c) = Compression::from_media_type(&layer.media_type) {
-                    kept.media_type = c.oci_media_type().to_string();
+                if let Some(c) = layer_compression(&layer.media_type) {
+                    kept.media_type = c.media_type().to_string();
                 }
                 Ok(kept)
             }
@@ -447,7 +427,7 @@ fn convert_layer(
     let (digest, size) = lease.commit(writer, None, None)?;
     tracing::debug!(from = %layer.digest, to = %digest, ?to, "converted layer");
     // Annotations describing the old blob (e.g. eStargz TOC digests) would be wrong now.
-    Ok(descriptor(to.oci_media_type(), digest, size))
+    Ok(descriptor(to.media_type(), digest, size))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -918,7 +898,7 @@ pub(crate) mod tests {
     }
 
     fn uncompressed_digest(store: &ImageStore, layer: &Descriptor) -> Digest {
-        let c = Compression::from_media_type(&layer.media_type).unwrap();
+        let c = layer_compression(&layer.media_type).unwrap();
         let blob = store.content.read(&layer.digest).unwrap();
         assert_eq!(
             detect_compression(&blob),

@@ -45,11 +45,11 @@ use serde::Deserialize;
 use super::content::{BlobWriter, ContentError, ContentStore};
 use super::digest::{Digest, DigestWriter};
 use super::export::{
-    copy_large, decompressor, detect_compression, Compression, ANNOTATION_IMAGE_NAME,
-    ANNOTATION_REF_NAME,
+    copy_large, decompressor, detect_compression, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME,
 };
 use super::gc::{GcError, Lease, Leases};
 use super::image::{self, media, to_canonical_json, Descriptor, Index, Manifest};
+use super::layer::Compression;
 use super::store::{ImageStore, StoreError};
 use crate::graph::Platform;
 use crate::reference::{Reference, ReferenceError};
@@ -949,7 +949,7 @@ fn plan_docker(
                 });
             }
             layers.push(Descriptor {
-                media_type: info.compression.oci_media_type().to_string(),
+                media_type: info.compression.media_type().to_string(),
                 digest: info.digest.clone(),
                 size: info.size,
                 platform: None,

@@ -152,9 +152,9 @@ impl Compression {
     /// The OCI media type of a layer with this compression.
     pub fn media_type(self) -> &'static str {
         match self {
-            Compression::Uncompressed => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Uncompressed => super::image::media::OCI_LAYER,
+            Compression::Gzip => super::image::media::OCI_LAYER_GZIP,
+            Compression::Zstd => super::image::media::OCI_LAYER_ZSTD,
         }
     }
 

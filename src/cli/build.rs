@@ -270,11 +270,14 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         args.progress
     };
     let progress = PlainProgress::new(mode);
+    let lease =
+        crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
     let builder = Builder {
         store: &engine.store,
         snapshots: snapshots.as_ref(),
         tmp: engine.tmp(),
         progress: &progress,
+        lease: &lease,
     };
     let tree = crate::executor::context_tree::ContextTree::new(&context);
     let image = builder.build(&plan, &tree).map_err(|e| match e {

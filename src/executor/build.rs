@@ -63,6 +63,8 @@ pub struct Builder<'a> {
     pub snapshots: &'a dyn Snapshotter,
     pub tmp: PathBuf,
     pub progress: &'a dyn Progress,
+    /// Protects the blobs this build writes from a concurrent prune until the image is recorded.
+    pub lease: &'a crate::cache::gc::Lease,
 }
 
 impl Builder<'_> {
@@ -344,8 +346,9 @@ impl Builder<'_> {
         };
         let info = layer::write_layer(upper, Compression::Uncompressed, &opts, &mut writer)
             .map_err(|e| store(format!("writing layer: {e}")))?;
-        let (digest, size) = writer
-            .commit(Some(&info.digest), Some(info.size))
+        let (digest, size) = self
+            .lease
+            .commit(writer, Some(&info.digest), Some(info.size))
             .map_err(|e| store(e.to_string()))?;
         let layer = LayerRef {
             diff_id: info.diff_id.clone(),
