@@ -164,6 +164,7 @@ impl Compression {
         match s {
             "application/vnd.oci.image.layer.v1.tar"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar"
             | "uncompressed"
             | "none"
             | "tar" => Some(Compression::Uncompressed),

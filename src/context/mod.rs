@@ -33,6 +33,19 @@ use crate::cache::digest::Digest;
 pub use dockerignore::{ignore_file_for, IgnoreMatcher, PatternOrigin};
 pub use hash::{FileHasher, PlainFileHasher};
 
+/// Go's `filepath.Match` for one path segment (COPY sources in a stage's filesystem use the
+/// same rules as in the context). A malformed pattern matches nothing.
+pub fn match_segment(pattern: &str, name: &str) -> bool {
+    glob::compile_match(pattern)
+        .map(|tokens| glob::matches(&tokens, name))
+        .unwrap_or(false)
+}
+
+/// Whether a source pattern has wildcards (`*`, `?`, `[`) that are not escaped.
+pub fn has_wildcards(pattern: &str) -> bool {
+    glob::contains_wildcards(pattern)
+}
+
 use walk::{Lookup, Tree};
 
 /// Errors of the build context.

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use super::fileop::SourceTree;
-use super::rootfs::resolve_in_root;
 use super::ExecError;
 use crate::context::BuildContext;
 
@@ -34,7 +33,7 @@ impl SourceTree for ContextTree<'_> {
     }
 
     fn host_path(&self, rel: &str, follow: bool) -> Result<PathBuf, ExecError> {
-        resolve_in_root(self.context.root(), &format!("/{rel}"), follow)
+        self.context.host_path(rel, follow).map_err(ctx_err)
     }
 
     fn descendants(&self, rel: &str) -> Result<Vec<String>, ExecError> {

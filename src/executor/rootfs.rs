@@ -1,6 +1,6 @@
 //! Reading an image's root filesystem safely from the host: resolving paths the way the
 //! container would see them (symlinks followed, but never out of the root), reading files, and
-//! matching COPY source patterns (Go's `filepath.Match` per path segment) in a stage's rootfs.
+//! expanding COPY source patterns in a stage's rootfs (same matcher as the build context).
 
 use std::path::{Path, PathBuf};
 
@@ -67,117 +67,7 @@ pub fn read_in_root(root: &Path, path: &str) -> Result<String, ExecError> {
     std::fs::read_to_string(&host).map_err(|e| ExecError::io(&host, e))
 }
 
-/// Go's `filepath.Match` for one path segment: `*`, `?`, `[...]` (with ranges and `^`
-/// negation) and `\` escapes. A malformed pattern matches nothing.
-pub fn match_segment(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    // Iterative matcher with backtracking to the last `*`.
-    let (mut pi, mut ni) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() {
-            match p[pi] {
-                '*' => {
-                    star = Some((pi, ni));
-                    pi += 1;
-                    continue;
-                }
-                '?' => {
-                    pi += 1;
-                    ni += 1;
-                    continue;
-                }
-                '[' => {
-                    if let Some((matched, next)) = match_class(&p, pi, n[ni]) {
-                        if matched {
-                            pi = next;
-                            ni += 1;
-                            continue;
-                        }
-                    } else {
-                        return false;
-                    }
-                }
-                '\\' if pi + 1 < p.len() => {
-                    if p[pi + 1] == n[ni] {
-                        pi += 2;
-                        ni += 1;
-                        continue;
-                    }
-                }
-                c => {
-                    if c == n[ni] {
-                        pi += 1;
-                        ni += 1;
-                        continue;
-                    }
-                }
-            }
-        }
-        match star {
-            Some((sp, sn)) => {
-                pi = sp + 1;
-                ni = sn + 1;
-                star = Some((sp, sn + 1));
-            }
-            None => return false,
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
-/// Matches `c` against the class starting at `p[start] == '['`. Returns (matched, index after
-/// the class), or None for a malformed class.
-fn match_class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
-    let mut i = start + 1;
-    let negate = matches!(p.get(i), Some('^'));
-    if negate {
-        i += 1;
-    }
-    let mut matched = false;
-    let mut first = true;
-    loop {
-        let ch = *p.get(i)?;
-        if ch == ']' && !first {
-            i += 1;
-            break;
-        }
-        first = false;
-        let lo = if ch == '\\' {
-            i += 1;
-            *p.get(i)?
-        } else {
-            ch
-        };
-        i += 1;
-        let hi = if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|c| *c != ']') {
-            i += 1;
-            let h = if p[i] == '\\' {
-                i += 1;
-                *p.get(i)?
-            } else {
-                p[i]
-            };
-            i += 1;
-            h
-        } else {
-            lo
-        };
-        if lo <= c && c <= hi {
-            matched = true;
-        }
-    }
-    Some((matched != negate, i))
-}
-
-/// Whether a pattern has wildcard characters.
-pub fn has_wildcards(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
+pub use crate::context::{has_wildcards, match_segment};
 
 /// Expands a source pattern inside a root filesystem: returns container paths (absolute, '/'
 /// separated) of existing entries, sorted. Symlinks in the middle of the path are followed
@@ -230,19 +120,6 @@ pub fn glob_in_root(root: &Path, pattern: &str) -> Result<Vec<String>, ExecError
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
-
-    #[test]
-    fn segments_match_like_go() {
-        assert!(match_segment("*.txt", "a.txt"));
-        assert!(!match_segment("*.txt", "a.txt.bak"));
-        assert!(match_segment("a?c", "abc"));
-        assert!(match_segment("[a-c]x", "bx"));
-        assert!(!match_segment("[^a-c]x", "bx"));
-        assert!(match_segment("\\*", "*"));
-        assert!(match_segment("*", ""));
-        assert!(!match_segment("[", "a"));
-        assert!(match_segment("a*b*c", "axxbyyc"));
-    }
 
     #[test]
     fn symlinks_never_escape_the_root() {
