@@ -554,3 +554,48 @@ fn add_downloads_urls_with_checksum() {
     assert!(err.contains("checksum mismatch"), "{err}");
     let _ = server.join();
 }
+
+#[test]
+fn unchanged_steps_come_from_the_cache() {
+    let k = Kiln::new();
+    let ctx = k.context(
+        "cache",
+        "FROM scratch\nCOPY a /a\nENV X=1\nCOPY b /b\nWORKDIR /w\n",
+        &[("a", "1"), ("b", "2")],
+    );
+    let path = ctx.to_str().expect("utf8").to_string();
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--progress", "plain"];
+        args.extend_from_slice(extra);
+        args.push(&path);
+        k.expect(&args, true).1
+    };
+    let first = build(&[]);
+    assert!(!first.contains("CACHED"), "{first}");
+    let second = build(&[]);
+    assert_eq!(
+        second.matches("CACHED").count(),
+        3,
+        "every layer step is cached:\n{second}"
+    );
+    // mtime-only change: still cached (keys use content, never mtime).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    std::fs::write(ctx.join("a"), "1").expect("touch");
+    assert_eq!(build(&[]).matches("CACHED").count(), 3);
+    // Changing b re-runs COPY b and what follows, not COPY a.
+    std::fs::write(ctx.join("b"), "changed").expect("change");
+    let third = build(&[]);
+    assert_eq!(third.matches("CACHED").count(), 1, "{third}");
+    assert!(third.contains("#1 CACHED"), "{third}");
+    // --no-cache runs everything; the images are the same.
+    let fourth = build(&["--no-cache"]);
+    assert!(!fourth.contains("CACHED"), "{fourth}");
+    let id1 = k.build(&ctx, &[]);
+    let id2 = k.build(&ctx, &["--no-cache"]);
+    let v1 = k.inspect(&id1);
+    let v2 = k.inspect(&id2);
+    assert_eq!(
+        v1["RootFS"], v2["RootFS"],
+        "same layers with and without the cache"
+    );
+}

@@ -10,6 +10,7 @@
 //! - `leases/`, `gc.lock`: what garbage collection must keep, see [`gc`].
 
 pub mod archive;
+pub mod buildcache;
 pub mod content;
 pub mod digest;
 pub mod export;

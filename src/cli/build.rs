@@ -13,7 +13,7 @@ use super::{parse_key_value, Outcome};
 use crate::cache::export::{self, LayerCompression};
 use crate::cache::store::ImageStore;
 use crate::context::{BuildContext, ContextSource};
-use crate::executor::build::Builder;
+use crate::executor::build::{Builder, NoCache};
 use crate::executor::ExecError;
 use crate::graph::dispatch::{dispatch, DispatchOptions, ImageSource, ResolvedImage};
 use crate::graph::{BuildOptions, GraphError, Platform};
@@ -46,6 +46,10 @@ pub struct BuildArgs {
     /// Do not use cache when building the image.
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Do not use the cache for these stages (repeatable).
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    pub no_cache_filter: Vec<String>,
 
     /// Type of progress output.
     #[arg(long, value_enum, default_value = "auto")]
@@ -272,12 +276,22 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     let progress = PlainProgress::new(mode);
     let lease =
         crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
+    let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
+    let no_cache = if args.no_cache {
+        NoCache::All
+    } else if !args.no_cache_filter.is_empty() {
+        NoCache::Stages(args.no_cache_filter.clone())
+    } else {
+        NoCache::None
+    };
     let builder = Builder {
         store: &engine.store,
         snapshots: snapshots.as_ref(),
         tmp: engine.tmp(),
         progress: &progress,
         lease: &lease,
+        cache: Some(&cache),
+        no_cache,
     };
     let tree = crate::executor::context_tree::ContextTree::new(&context);
     let image = builder.build(&plan, &tree).map_err(|e| match e {

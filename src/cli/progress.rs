@@ -53,6 +53,10 @@ impl Progress for PlainProgress {
         self.line(&format!("#{id} DONE {seconds:.1}s"));
     }
 
+    fn cached(&self, id: usize) {
+        self.line(&format!("#{id} CACHED"));
+    }
+
     fn log(&self, id: usize, line: &str) {
         self.line(&format!("#{id} {line}"));
     }

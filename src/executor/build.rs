@@ -10,12 +10,19 @@ use super::fileop::{self, CopyEnv, RootfsTree, SourceTree};
 use super::rootfs::resolve_in_root;
 use super::user::resolve_user;
 use super::ExecError;
+use crate::cache::buildcache::{BuildCache, CachedLayer};
 use crate::cache::image::{media, rfc3339, Descriptor, History, ImageConfig};
 use crate::cache::layer::{self, Compression, LayerOptions, UnpackMode};
 use crate::cache::snapshot::{chain_id, Snapshotter, View};
 use crate::cache::store::{ImageStore, StoredImage};
 use crate::cache::Digest;
-use crate::graph::dispatch::{Base, CopyFrom, CopyOp, Op, OpKind, Plan, StagePlan};
+use crate::graph::cache_key;
+use crate::graph::dispatch::{Base, CopyFrom, CopyOp, CopySource, Op, OpKind, Plan, StagePlan};
+
+/// `os/arch[/variant]` of a stage's result.
+fn plan_platform(stage: &StagePlan) -> String {
+    stage.config.platform_string()
+}
 
 /// A layer of an image being built: its uncompressed digest and its blob.
 #[derive(Debug, Clone)]
@@ -29,6 +36,8 @@ pub struct LayerRef {
 pub struct StageResult {
     pub layers: Vec<LayerRef>,
     pub config: ImageConfig,
+    /// Cache key of the stage's last layer step (what later steps and stages build on).
+    pub key: Option<Digest>,
 }
 
 impl StageResult {
@@ -49,6 +58,8 @@ pub trait Progress {
     fn started(&self, id: usize, name: &str);
     /// A step finished after `seconds`.
     fn done(&self, id: usize, seconds: f64);
+    /// A step was not run: its result came from the build cache.
+    fn cached(&self, id: usize);
     /// A line of output about a step.
     fn log(&self, id: usize, line: &str);
 }
@@ -65,6 +76,36 @@ pub struct Builder<'a> {
     pub progress: &'a dyn Progress,
     /// Protects the blobs this build writes from a concurrent prune until the image is recorded.
     pub lease: &'a crate::cache::gc::Lease,
+    /// The build cache index (None: no cache at all).
+    pub cache: Option<&'a BuildCache>,
+    /// Stages (by name or index) whose steps must not come from the cache (`--no-cache`
+    /// is every stage).
+    pub no_cache: NoCache,
+}
+
+/// Which stages skip cache lookups (their results are still recorded).
+#[derive(Debug, Clone, Default)]
+pub enum NoCache {
+    #[default]
+    None,
+    All,
+    Stages(Vec<String>),
+}
+
+impl NoCache {
+    fn applies(&self, stage: &StagePlan) -> bool {
+        match self {
+            NoCache::None => false,
+            NoCache::All => true,
+            NoCache::Stages(names) => names.iter().any(|n| {
+                stage
+                    .name
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(n))
+                    || n.parse::<usize>().ok() == Some(stage.index)
+            }),
+        }
+    }
 }
 
 impl Builder<'_> {
@@ -98,6 +139,7 @@ impl Builder<'_> {
             Base::Scratch => Ok(StageResult {
                 layers: Vec::new(),
                 config: ImageConfig::default(),
+                key: None,
             }),
             Base::Stage(i) => results.get(i).cloned().ok_or_else(|| {
                 ExecError::Store(format!(
@@ -136,6 +178,7 @@ impl Builder<'_> {
         Ok(StageResult {
             layers,
             config: img.config,
+            key: None,
         })
     }
 
@@ -189,6 +232,12 @@ impl Builder<'_> {
         step_id: &mut usize,
     ) -> Result<StageResult, ExecError> {
         let base = self.base_of(stage, results)?;
+        let stage_keys = |i: usize| results.get(&i).and_then(|r| r.key.clone());
+        let platform = plan_platform(stage);
+        let mut key = match &stage.base {
+            Base::Stage(_) => base.key.clone(),
+            other => cache_key::base_key(other, &platform, &stage_keys),
+        };
         let mut layers = base.layers;
         let mut history = base.config.history;
         let created = rfc3339(plan.created);
@@ -197,18 +246,53 @@ impl Builder<'_> {
             .name
             .clone()
             .unwrap_or_else(|| format!("stage-{}", stage.index));
+        let skip_cache = self.no_cache.applies(stage);
         for (n, op) in stage.ops.iter().enumerate() {
             *step_id += 1;
-            let label = format!(
-                "[{stage_name} {}/{total}] {}",
-                n + 1,
-                op.created_by.trim_end_matches(" # buildkit")
-            );
+            let shown = op.created_by.trim_end_matches(" # buildkit");
+            let label = format!("[{stage_name} {}/{total}] {shown}", n + 1);
             self.progress.started(*step_id, &label);
             let started = Instant::now();
-            let layer = self
-                .run_op(plan, op, &layers, results, context)
-                .map_err(|e| e.at(op.span, op.created_by.trim_end_matches(" # buildkit")))?;
+            let step_key = match (&op.kind, &key) {
+                (OpKind::Metadata, _) => None,
+                (_, Some(parent)) => self
+                    .step_key(parent, op, &stage_keys, context)
+                    .map_err(|e| e.at(op.span, shown))?,
+                (_, None) => None,
+            };
+            let cached = match (&step_key, self.cache, skip_cache) {
+                (Some(k), Some(cache), false) => {
+                    self.cache_hit(cache, k).map_err(|e| e.at(op.span, shown))?
+                }
+                _ => None,
+            };
+            let layer = match cached {
+                Some(hit) => {
+                    self.progress.cached(*step_id);
+                    hit
+                }
+                None => {
+                    let layer = self
+                        .run_op(plan, op, &layers, results, context)
+                        .map_err(|e| e.at(op.span, shown))?;
+                    if let (Some(k), Some(cache)) = (&step_key, self.cache) {
+                        let record = layer.as_ref().map(|l| CachedLayer {
+                            diff_id: l.diff_id.clone(),
+                            blob: l.blob.clone(),
+                        });
+                        cache
+                            .put(k, record, shown)
+                            .map_err(|e| ExecError::Store(e.to_string()))?;
+                    }
+                    self.progress
+                        .done(*step_id, started.elapsed().as_secs_f64());
+                    layer
+                }
+            };
+            if !matches!(op.kind, OpKind::Metadata) {
+                // An uncacheable step makes everything after it uncacheable too.
+                key = step_key;
+            }
             let empty = layer.is_none();
             if let Some(l) = layer {
                 layers.push(l);
@@ -220,13 +304,103 @@ impl Builder<'_> {
                 empty_layer: empty,
                 ..Default::default()
             });
-            self.progress
-                .done(*step_id, started.elapsed().as_secs_f64());
         }
         let mut config = stage.config.clone();
         config.history = history;
         config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
-        Ok(StageResult { layers, config })
+        Ok(StageResult {
+            layers,
+            config,
+            key,
+        })
+    }
+
+    /// The cache key of a layer step: its expanded form plus the content of what it reads.
+    /// `None` when the step cannot be cached (a download without `--checksum`).
+    fn step_key(
+        &self,
+        parent: &Digest,
+        op: &Op,
+        stage_keys: &dyn Fn(usize) -> Option<Digest>,
+        context: &dyn SourceTree,
+    ) -> Result<Option<Digest>, ExecError> {
+        let mut inputs = Vec::new();
+        let mut from_repr = None;
+        match &op.kind {
+            OpKind::Copy(c) => {
+                from_repr = Some(cache_key::copy_from_repr(&c.from, stage_keys));
+                let mut patterns = Vec::new();
+                for s in &c.sources {
+                    match s {
+                        CopySource::Path(p) => patterns.push(p.clone()),
+                        CopySource::Url(_) if c.checksum.is_none() => return Ok(None),
+                        _ => {}
+                    }
+                }
+                if matches!(c.from, CopyFrom::Context) && !patterns.is_empty() {
+                    if let Some(d) = context.content_digest(&patterns)? {
+                        inputs.push(d.to_string());
+                    }
+                }
+            }
+            OpKind::Run { parsed_mounts, .. } => {
+                for m in parsed_mounts {
+                    if m.kind != crate::parser::mount::MountType::Bind {
+                        continue;
+                    }
+                    match &m.from {
+                        None => {
+                            let src = m.source.clone().unwrap_or_else(|| ".".into());
+                            if let Some(d) = context.content_digest(&[src])? {
+                                inputs.push(d.to_string());
+                            }
+                        }
+                        Some(from) => inputs.push(format!("from {from}")),
+                    }
+                }
+            }
+            OpKind::Mkdir { .. } | OpKind::Metadata => {}
+        }
+        Ok(cache_key::step_key(
+            parent,
+            op,
+            from_repr.as_deref(),
+            &inputs,
+        ))
+    }
+
+    /// A usable cache record for `key`: its blob is still in the store.
+    fn cache_hit(
+        &self,
+        cache: &BuildCache,
+        key: &Digest,
+    ) -> Result<Option<Option<LayerRef>>, ExecError> {
+        let entries = cache
+            .entries()
+            .map_err(|e| ExecError::Store(e.to_string()))?;
+        let Some(record) = entries.get(key) else {
+            return Ok(None);
+        };
+        let layer = match &record.layer {
+            None => None,
+            Some(l) => {
+                if !self
+                    .lease
+                    .protect_existing(&self.store.content, &l.blob.digest)
+                    .map_err(|e| ExecError::Store(e.to_string()))?
+                {
+                    return Ok(None);
+                }
+                Some(LayerRef {
+                    diff_id: l.diff_id.clone(),
+                    blob: l.blob.clone(),
+                })
+            }
+        };
+        cache
+            .touch(std::slice::from_ref(key))
+            .map_err(|e| ExecError::Store(e.to_string()))?;
+        Ok(Some(layer))
     }
 
     fn run_op(

@@ -63,4 +63,24 @@ impl SourceTree for ContextTree<'_> {
     fn describe(&self) -> String {
         "build context".into()
     }
+
+    /// Content (paths, types, modes, bytes) of every entry the patterns select, directories
+    /// with everything below them; never mtimes. A pattern matching nothing adds nothing
+    /// (the copy itself reports it).
+    fn content_digest(
+        &self,
+        patterns: &[String],
+    ) -> Result<Option<crate::cache::Digest>, ExecError> {
+        let mut entries = Vec::new();
+        for p in patterns {
+            for e in self.context.resolve(p).map_err(ctx_err)? {
+                if matches!(e.kind, crate::context::EntryKind::Dir) {
+                    entries.extend(self.context.walk(&e.rel, None).map_err(ctx_err)?);
+                } else {
+                    entries.push(e);
+                }
+            }
+        }
+        self.context.digest_of(&entries).map(Some).map_err(ctx_err)
+    }
 }

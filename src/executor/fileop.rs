@@ -39,6 +39,13 @@ pub trait SourceTree {
     fn preserve_owner(&self) -> bool;
     /// A name for error messages ("build context", "stage builder").
     fn describe(&self) -> String;
+    /// A digest of the content the patterns select (for cache keys), when the tree can say.
+    fn content_digest(
+        &self,
+        _patterns: &[String],
+    ) -> Result<Option<crate::cache::Digest>, ExecError> {
+        Ok(None)
+    }
 }
 
 /// A stage's or image's root filesystem as a COPY source.

@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cache::image::{rfc3339, Empty, HealthConfig, ImageConfig};
 use crate::cache::Digest;
-use crate::parser::instructions::{self, CommandLine, Healthcheck, Instruction, Source};
+use crate::parser::instructions::{
+    self, CommandLine, Healthcheck, Instruction, NetworkMode, Security, Source,
+};
+use crate::parser::mount::{parse_mount, Mount};
 use crate::parser::shell::Lexer;
 use crate::parser::{ast, Dockerfile, SourceLines, Span, Spanned, Stage};
 
@@ -94,6 +97,14 @@ pub enum OpKind {
         env: Vec<String>,
         user: Option<String>,
         workdir: String,
+        /// `--mount` specs as written (for the cache key).
+        mounts: Vec<String>,
+        /// The same mounts, expanded and parsed.
+        parsed_mounts: Vec<Mount>,
+        /// `default`, `none` or `host`.
+        network: String,
+        /// `sandbox` or `insecure`.
+        security: String,
     },
     /// Metadata only: a history entry without a layer.
     Metadata,
@@ -643,7 +654,7 @@ impl Dispatcher<'_> {
                     CommandLine::Exec(v) => v.clone(),
                     CommandLine::Shell(s) => {
                         let mut v = st.shell.clone();
-                        v.push(s.clone());
+                        v.push(shell_script(s, &run.heredocs));
                         v
                     }
                 };
@@ -653,19 +664,52 @@ impl Dispatcher<'_> {
                     .into_iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
+                let mut mounts = Vec::with_capacity(run.mount_specs.len());
+                let mut parsed_mounts = Vec::with_capacity(run.mount_specs.len());
+                for spec in &run.mount_specs {
+                    let scope = &st.scope;
+                    let lexer = self.lexer;
+                    let expand = |v: &str| {
+                        scope
+                            .expand(v, &lexer)
+                            .map(|e| e.word)
+                            .map_err(|e| e.to_string())
+                    };
+                    let mount = parse_mount(spec, Some(&expand))
+                        .map_err(|m| err(span, format!("--mount={spec}: {m}")))?;
+                    parsed_mounts.push(mount);
+                    mounts.push(spec.clone());
+                }
+                let network = match run.network {
+                    Some(NetworkMode::None) => "none",
+                    Some(NetworkMode::Host) => "host",
+                    _ => "default",
+                };
+                let security = match run.security {
+                    Some(Security::Insecure) => "insecure",
+                    _ => "sandbox",
+                };
+                let shown = match &run.command {
+                    CommandLine::Exec(v) => format!("{v:?}"),
+                    CommandLine::Shell(s) => format!("{} {s}", st.shell.join(" ")),
+                };
                 st.ops.push(Op {
                     span,
-                    created_by: format!("RUN {} # buildkit", args.join(" ")),
+                    created_by: format!("RUN {shown} # buildkit"),
                     kind: OpKind::Run {
                         args,
                         env,
-                        user: st.config.config.user.clone(),
+                        user: st.config.config.user.clone().filter(|u| !u.is_empty()),
                         workdir: st
                             .config
                             .config
                             .working_dir
                             .clone()
                             .unwrap_or_else(|| "/".into()),
+                        mounts,
+                        parsed_mounts,
+                        network: network.into(),
+                        security: security.into(),
                     },
                 });
             }
@@ -770,6 +814,35 @@ pub fn is_git_url(s: &str) -> bool {
     s.starts_with("git@")
         || s.starts_with("git://")
         || (s.starts_with("https://") && s.contains(".git"))
+}
+
+/// The script a shell-form RUN hands to the shell. With heredocs, BuildKit's rule: a RUN
+/// that is only `<<EOF` runs the heredoc body as the script; otherwise the command line and
+/// the heredoc bodies are given to the shell together, which expands them itself.
+fn shell_script(command: &str, heredocs: &[crate::parser::ast::Heredoc]) -> String {
+    if heredocs.is_empty() {
+        return command.to_string();
+    }
+    let trimmed = command.trim();
+    if heredocs.len() == 1
+        && crate::parser::ast::parse_heredoc(trimmed)
+            .ok()
+            .flatten()
+            .is_some_and(|h| h.name == heredocs[0].name)
+    {
+        return heredocs[0].content.clone();
+    }
+    let mut script = String::from(command);
+    script.push('\n');
+    for h in heredocs {
+        script.push_str(&h.content);
+        if !h.content.is_empty() && !h.content.ends_with('\n') {
+            script.push('\n');
+        }
+        script.push_str(&h.name);
+        script.push('\n');
+    }
+    script
 }
 
 /// BuildKit-style history text for COPY/ADD: the instruction as written plus `# buildkit`.

@@ -1,6 +1,7 @@
 //! From parsed stages to what a build needs: ARG/ENV scoping and expansion ([`scope`]),
 //! platforms and predefined build args. The build DAG and cache keys will live here too.
 
+pub mod cache_key;
 pub mod dispatch;
 pub mod scope;
 
