@@ -341,3 +341,32 @@ fn prune_and_disk_usage() {
     assert!(out.contains("untagged: keep:latest"), "{out}");
     assert!(k.ok(&["images", "-q"]).trim().is_empty());
 }
+
+#[test]
+fn builder_prune_drops_cache_only_data() {
+    let k = Kiln::new();
+    let ctx = k.context(
+        "bp",
+        "FROM scratch\nCOPY a /a\n",
+        &[("a", &"z".repeat(50_000))],
+    );
+    k.build(&ctx, &["-t", "kept"]);
+    std::fs::write(ctx.join("a"), "y".repeat(60_000)).expect("rewrite");
+    let id = k.build(&ctx, &[]);
+    k.ok(&["rmi", &id]);
+    let df = k.ok(&["system", "df"]);
+    let row = df
+        .lines()
+        .find(|l| l.starts_with("Build Cache"))
+        .expect("row");
+    assert_eq!(row.split_whitespace().nth(2), Some("2"), "{df}");
+    let out = k.ok(&["builder", "prune", "-f"]);
+    assert!(out.contains("Deleted build cache objects: 1"), "{out}");
+    // The tagged image's step is still cached.
+    let path = ctx.to_str().expect("utf8").to_string();
+    std::fs::write(ctx.join("a"), "z".repeat(50_000)).expect("restore");
+    let (_, err) = k.expect(&["build", "--progress", "plain", &path], true);
+    assert!(err.contains("CACHED"), "{err}");
+    let out = k.ok(&["builder", "prune", "--all", "-f"]);
+    assert!(out.contains("Deleted build cache objects: 1"), "{out}");
+}

@@ -3,6 +3,7 @@
 
 mod archive;
 mod build;
+mod builder;
 mod check;
 mod engine;
 mod format;
@@ -60,6 +61,11 @@ pub enum Command {
     Save(archive::SaveArgs),
     /// Load an image from a tar archive or STDIN.
     Load(archive::LoadArgs),
+    /// Manage builds.
+    Builder {
+        #[command(subcommand)]
+        command: builder::BuilderCommand,
+    },
     /// Manage kiln.
     System {
         #[command(subcommand)]
@@ -144,6 +150,9 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             },
             ImageCommand::Save(args) => archive::save(args, &engine()?),
             ImageCommand::Load(args) => archive::load(args, &engine()?),
+        },
+        Command::Builder { command } => match command {
+            builder::BuilderCommand::Prune(args) => builder::prune(args, &engine()?),
         },
         Command::System { command } => match command {
             SystemCommand::Df => system::df(&engine()?),

@@ -8,6 +8,36 @@ use super::format::{human_size, table};
 use super::images::collect_garbage;
 use super::Outcome;
 
+/// TOTAL entries, ACTIVE = those whose layer an image uses, SIZE of their distinct blobs,
+/// RECLAIMABLE = the part no image uses.
+fn build_cache_row(
+    engine: &Engine,
+    image_layers: &BTreeSet<crate::cache::Digest>,
+) -> anyhow::Result<Vec<String>> {
+    let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
+    let entries = cache.entries()?;
+    let mut seen = BTreeSet::new();
+    let (mut size, mut reclaimable, mut active) = (0u64, 0u64, 0usize);
+    for r in entries.values() {
+        let Some(l) = &r.layer else { continue };
+        let used = image_layers.contains(&l.blob.digest);
+        active += usize::from(used);
+        if seen.insert(l.blob.digest.clone()) {
+            size += l.blob.size;
+            if !used {
+                reclaimable += l.blob.size;
+            }
+        }
+    }
+    Ok(vec![
+        "Build Cache".into(),
+        entries.len().to_string(),
+        active.to_string(),
+        human_size(size),
+        human_size(reclaimable),
+    ])
+}
+
 pub fn df(engine: &Engine) -> anyhow::Result<Outcome> {
     let store = &engine.store;
     let images = store.images()?;
@@ -64,13 +94,7 @@ pub fn df(engine: &Engine) -> anyhow::Result<Outcome> {
             "0B".into(),
             "0B".into(),
         ],
-        vec![
-            "Build Cache".into(),
-            "0".into(),
-            "0".into(),
-            "0B".into(),
-            "0B".into(),
-        ],
+        build_cache_row(engine, &layers)?,
     ];
     std::io::stdout()
         .lock()
