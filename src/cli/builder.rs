@@ -57,7 +57,7 @@ pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
                 )
             })
             .collect();
-        by_use.sort_by(|a, b| b.0.cmp(&a.0));
+        by_use.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut kept_bytes = 0u64;
         let mut remove = Vec::new();
         for (_, key, size) in by_use {
