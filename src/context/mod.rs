@@ -19,6 +19,7 @@ mod archive;
 pub mod dockerignore;
 mod glob;
 mod hash;
+pub mod hashcache;
 mod walk;
 
 use std::fmt;
