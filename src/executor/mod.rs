@@ -5,6 +5,7 @@
 pub mod build;
 pub mod context_tree;
 pub mod download;
+pub mod explain;
 pub mod export_fs;
 pub mod fileop;
 pub mod rootfs;
