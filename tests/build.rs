@@ -599,3 +599,30 @@ fn unchanged_steps_come_from_the_cache() {
         "same layers with and without the cache"
     );
 }
+
+#[test]
+fn explain_says_why_steps_missed_the_cache() {
+    let k = Kiln::new();
+    let ctx = k.context(
+        "explain",
+        "FROM scratch\nARG V=1\nCOPY src/ /src/\nCOPY other /other\n",
+        &[("src/a.go", "a"), ("src/b.go", "b"), ("other", "o")],
+    );
+    let path = ctx.to_str().expect("utf8").to_string();
+    let (_, first) = k.expect(&["build", "--explain", "--progress", "plain", &path], true);
+    assert!(
+        first.contains("cache miss: no earlier build of this Dockerfile"),
+        "{first}"
+    );
+    std::fs::write(ctx.join("src/b.go"), "changed").expect("change");
+    let (_, second) = k.expect(&["build", "--explain", "--progress", "plain", &path], true);
+    assert!(
+        second.contains("cache miss: file src/b.go changed"),
+        "{second}"
+    );
+    assert!(
+        second.contains("cache miss: an earlier step of this stage (or its base) was rebuilt"),
+        "{second}"
+    );
+    assert!(!second.contains("a.go changed"), "{second}");
+}

@@ -9,3 +9,4 @@ mod conformance;
 mod golden;
 mod images_cli;
 mod parser_properties;
+mod run;

@@ -12,8 +12,11 @@ use super::progress::{PlainProgress, ProgressMode};
 use super::{parse_key_value, Outcome};
 use crate::cache::export::{self, LayerCompression};
 use crate::cache::store::ImageStore;
+use crate::context::hashcache::CachingFileHasher;
 use crate::context::{BuildContext, ContextSource};
-use crate::executor::build::{Builder, NoCache};
+use crate::executor::build::{Builder, Explain, NoCache};
+use crate::executor::explain::BuildRecord;
+use crate::executor::run_step::RunSettings;
 use crate::executor::ExecError;
 use crate::graph::dispatch::{dispatch, DispatchOptions, ImageSource, ResolvedImage};
 use crate::graph::{BuildOptions, GraphError, Platform};
@@ -46,6 +49,27 @@ pub struct BuildArgs {
     /// Do not use cache when building the image.
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Secret to expose to RUN --mount=type=secret: `id=ID,src=FILE` or `id=ID,env=VAR`.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR", value_parser = crate::executor::run_step::parse_secret)]
+    pub secrets: Vec<(String, crate::executor::run_step::SecretSource)>,
+
+    /// SSH agent socket for RUN --mount=type=ssh: `default` or `ID=SOCKET`.
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET", value_parser = crate::executor::run_step::parse_ssh)]
+    pub ssh: Vec<(String, PathBuf)>,
+
+    /// Extra privileges: `security.insecure` allows RUN --security=insecure.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
+
+    /// How many stages may build at the same time (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// For every step that misses the cache, say why (which file, arg, env value or base
+    /// changed since the last build of this Dockerfile and target).
+    #[arg(long)]
+    pub explain: bool,
 
     /// Do not use the cache for these stages (repeatable).
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
@@ -169,6 +193,13 @@ fn located(file: &str, src: &SourceLines, span: Span, message: String) -> anyhow
 }
 
 pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
+    if let Some(bad) = args
+        .allow
+        .iter()
+        .find(|a| *a != "security.insecure" && *a != "network.host")
+    {
+        bail!("unknown --allow entitlement {bad:?} (security.insecure, network.host)");
+    }
     let outputs = args
         .output
         .iter()
@@ -212,8 +243,13 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
             .and_then(|p| std::fs::read_to_string(p).ok()),
         None => None,
     };
-    let context =
-        BuildContext::open(source, ignore_text.as_deref()).context("opening the build context")?;
+    let hasher = std::sync::Arc::new(match &context_dir {
+        Some(dir) => CachingFileHasher::open(&CachingFileHasher::index_path(root, dir)),
+        None => CachingFileHasher::open(&root.join("cache").join("context").join("stdin.json")),
+    });
+    let context = BuildContext::open(source, ignore_text.as_deref())
+        .context("opening the build context")?
+        .with_hasher(hasher.clone());
     let dockerfile_path = if context_dir.is_none() && args.file.is_none() {
         context.root().join("Dockerfile")
     } else if context_dir.is_none() {
@@ -277,6 +313,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     let lease =
         crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
     let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
+    let explain_path = BuildRecord::path(&engine.root, &dockerfile_path, args.target.as_deref());
     let no_cache = if args.no_cache {
         NoCache::All
     } else if !args.no_cache_filter.is_empty() {
@@ -292,8 +329,27 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         lease: &lease,
         cache: Some(&cache),
         no_cache,
+        jobs: args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        explain: Some(Explain {
+            previous: if args.explain {
+                BuildRecord::load(&explain_path)
+            } else {
+                None
+            },
+            current: Default::default(),
+            report: args.explain,
+        }),
+        run_settings: RunSettings {
+            secrets: args.secrets.iter().cloned().collect(),
+            ssh: args.ssh.iter().cloned().collect(),
+            allow_insecure: args.allow.iter().any(|a| a == "security.insecure"),
+        },
     };
-    let tree = crate::executor::context_tree::ContextTree::new(&context);
+    let tree = crate::executor::context_tree::ContextTree::new(&context, hasher.clone());
     let image = builder.build(&plan, &tree).map_err(|e| match e {
         ExecError::Step {
             span,
@@ -346,6 +402,18 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
                     )?;
                 }
                 progress.note(step, &format!("exporting files to {} done", dest.display()));
+            }
+        }
+    }
+    if context_dir.is_some() {
+        if let Err(e) = hasher.save() {
+            tracing::warn!("could not save the context hash index: {e}");
+        }
+    }
+    if let Some(explain) = &builder.explain {
+        if let Ok(current) = explain.current.lock() {
+            if let Err(e) = current.save(&explain_path) {
+                tracing::warn!("could not save the --explain record: {e}");
             }
         }
     }

@@ -41,7 +41,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from a Dockerfile.
-    Build(build::BuildArgs),
+    Build(Box<build::BuildArgs>),
     /// Parse and lint a Dockerfile without building it (like `docker build --check`).
     Check(check::CheckArgs),
     /// List images.
@@ -111,6 +111,12 @@ fn init_logging(debug: bool) {
 /// Parses the command line and runs the command. Exit codes: 0 success, 1 problems found
 /// (or the command failed), 2 bad usage (clap).
 pub fn main() -> ExitCode {
+    // The sandbox helper (`kiln __sandbox …`, re-exec'd by RUN) must stay single-threaded and
+    // skip everything else: handle it before any parsing or logging set-up.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__sandbox") {
+        crate::executor::sandbox::child_main(&argv[2..]);
+    }
     let cli = Cli::parse();
     init_logging(cli.debug);
     tracing::debug!(root = %cli.root.display(), "starting");

@@ -4,10 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
+use super::explain::{why_missed, BuildRecord, StepRecord};
 use super::fileop::{self, CopyEnv, RootfsTree, SourceTree};
 use super::rootfs::resolve_in_root;
+use super::run_step::{self, MountSources, RunRequest, RunSettings};
 use super::user::resolve_user;
 use super::ExecError;
 use crate::cache::buildcache::{BuildCache, CachedLayer};
@@ -33,6 +37,7 @@ pub struct LayerRef {
 
 /// What a finished stage leaves for later stages and the export.
 #[derive(Debug, Clone)]
+/// (Stages run on their own threads; results are shared between them.)
 pub struct StageResult {
     pub layers: Vec<LayerRef>,
     pub config: ImageConfig,
@@ -73,7 +78,7 @@ pub struct Builder<'a> {
     pub store: &'a ImageStore,
     pub snapshots: &'a dyn Snapshotter,
     pub tmp: PathBuf,
-    pub progress: &'a dyn Progress,
+    pub progress: &'a (dyn Progress + Sync),
     /// Protects the blobs this build writes from a concurrent prune until the image is recorded.
     pub lease: &'a crate::cache::gc::Lease,
     /// The build cache index (None: no cache at all).
@@ -81,6 +86,65 @@ pub struct Builder<'a> {
     /// Stages (by name or index) whose steps must not come from the cache (`--no-cache`
     /// is every stage).
     pub no_cache: NoCache,
+    /// Secrets, ssh agents and entitlements for RUN steps.
+    pub run_settings: RunSettings,
+    /// `--explain`: the last build's record, and this build's being written.
+    pub explain: Option<Explain>,
+    /// How many stages may run at the same time (`--jobs`).
+    pub jobs: usize,
+}
+
+/// For every stage of the plan, the stages it needs first: its base, `COPY --from` and
+/// `RUN --mount from=` sources.
+fn stage_dependencies(plan: &Plan) -> BTreeMap<usize, Vec<usize>> {
+    let by_name = |name: &str| {
+        plan.stages
+            .iter()
+            .find(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                    || name.parse::<usize>().ok() == Some(s.index)
+            })
+            .map(|s| s.index)
+    };
+    plan.stages
+        .iter()
+        .map(|s| {
+            let mut d = Vec::new();
+            if let Base::Stage(i) = s.base {
+                d.push(i);
+            }
+            for op in &s.ops {
+                match &op.kind {
+                    OpKind::Copy(c) => {
+                        if let CopyFrom::Stage(i) = c.from {
+                            d.push(i);
+                        }
+                    }
+                    OpKind::Run { parsed_mounts, .. } => d.extend(
+                        parsed_mounts
+                            .iter()
+                            .filter_map(|m| m.from.as_deref())
+                            .filter_map(by_name),
+                    ),
+                    _ => {}
+                }
+            }
+            d.sort_unstable();
+            d.dedup();
+            (s.index, d)
+        })
+        .collect()
+}
+
+/// State of `--explain`.
+#[derive(Debug, Default)]
+pub struct Explain {
+    pub previous: Option<BuildRecord>,
+    pub current: std::sync::Mutex<BuildRecord>,
+    /// Print the reasons (`--explain`); without it the record is only kept for next time.
+    pub report: bool,
 }
 
 /// Which stages skip cache lookups (their results are still recorded).
@@ -110,14 +174,13 @@ impl NoCache {
 
 impl Builder<'_> {
     /// Runs every stage of the plan and stores the target as an image (untagged: the caller tags).
-    pub fn build(&self, plan: &Plan, context: &dyn SourceTree) -> Result<StoredImage, ExecError> {
+    pub fn build(
+        &self,
+        plan: &Plan,
+        context: &(dyn SourceTree + Sync),
+    ) -> Result<StoredImage, ExecError> {
         std::fs::create_dir_all(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
-        let mut results: BTreeMap<usize, StageResult> = BTreeMap::new();
-        let mut step_id = 0;
-        for stage in &plan.stages {
-            let result = self.run_stage(plan, stage, &results, context, &mut step_id)?;
-            results.insert(stage.index, result);
-        }
+        let mut results = self.run_stages(plan, context)?;
         let target = plan
             .target()
             .and_then(|t| results.remove(&t.index))
@@ -128,6 +191,78 @@ impl Builder<'_> {
         self.store
             .commit_image(&config, layers)
             .map_err(|e| ExecError::Store(e.to_string()))
+    }
+
+    /// Runs the plan's stages, independent ones at the same time (up to `jobs`). The first
+    /// failure stops the others at their next step and is returned.
+    fn run_stages(
+        &self,
+        plan: &Plan,
+        context: &(dyn SourceTree + Sync),
+    ) -> Result<BTreeMap<usize, StageResult>, ExecError> {
+        let deps = stage_dependencies(plan);
+        let results: Mutex<BTreeMap<usize, StageResult>> = Mutex::new(BTreeMap::new());
+        let cancel = AtomicBool::new(false);
+        let step_ids = AtomicUsize::new(0);
+        let jobs = self.jobs.max(1);
+        let lock = |m: &Mutex<BTreeMap<usize, StageResult>>| {
+            m.lock()
+                .map(|g| g.clone())
+                .map_err(|_| ExecError::Store("stage results lock poisoned".into()))
+        };
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<StageResult, ExecError>)>();
+            let mut pending: Vec<&StagePlan> = plan.stages.iter().collect();
+            let mut running = 0usize;
+            let mut failure: Option<ExecError> = None;
+            loop {
+                while failure.is_none() && running < jobs {
+                    let done = lock(&results)?;
+                    let Some(pos) = pending.iter().position(|s| {
+                        deps.get(&s.index)
+                            .is_none_or(|d| d.iter().all(|i| done.contains_key(i)))
+                    }) else {
+                        break;
+                    };
+                    let stage = pending.remove(pos);
+                    let tx = tx.clone();
+                    let (cancel, step_ids) = (&cancel, &step_ids);
+                    scope.spawn(move || {
+                        let r = self.run_stage(plan, stage, &done, context, step_ids, cancel);
+                        let _ = tx.send((stage.index, r));
+                    });
+                    running += 1;
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((index, result)) = rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                match result {
+                    Ok(r) => {
+                        results
+                            .lock()
+                            .map_err(|_| ExecError::Store("stage results lock poisoned".into()))?
+                            .insert(index, r);
+                    }
+                    Err(e) => {
+                        cancel.store(true, Ordering::SeqCst);
+                        if failure.is_none() {
+                            failure = Some(e);
+                        }
+                    }
+                }
+            }
+            match failure {
+                Some(e) => Err(e),
+                None if !pending.is_empty() => Err(ExecError::Store(
+                    "some stages could not be scheduled (dependency cycle)".into(),
+                )),
+                None => lock(&results),
+            }
+        })
     }
 
     fn base_of(
@@ -229,7 +364,8 @@ impl Builder<'_> {
         stage: &StagePlan,
         results: &BTreeMap<usize, StageResult>,
         context: &dyn SourceTree,
-        step_id: &mut usize,
+        step_ids: &AtomicUsize,
+        cancel: &AtomicBool,
     ) -> Result<StageResult, ExecError> {
         let base = self.base_of(stage, results)?;
         let stage_keys = |i: usize| results.get(&i).and_then(|r| r.key.clone());
@@ -248,10 +384,15 @@ impl Builder<'_> {
             .unwrap_or_else(|| format!("stage-{}", stage.index));
         let skip_cache = self.no_cache.applies(stage);
         for (n, op) in stage.ops.iter().enumerate() {
-            *step_id += 1;
+            if cancel.load(Ordering::SeqCst) {
+                return Err(ExecError::Copy(format!(
+                    "stage {stage_name} cancelled: another stage failed"
+                )));
+            }
+            let step_id = step_ids.fetch_add(1, Ordering::SeqCst) + 1;
             let shown = op.created_by.trim_end_matches(" # buildkit");
             let label = format!("[{stage_name} {}/{total}] {shown}", n + 1);
-            self.progress.started(*step_id, &label);
+            self.progress.started(step_id, &label);
             let started = Instant::now();
             let step_key = match (&op.kind, &key) {
                 (OpKind::Metadata, _) => None,
@@ -260,6 +401,40 @@ impl Builder<'_> {
                     .map_err(|e| e.at(op.span, shown))?,
                 (_, None) => None,
             };
+            let record = self.explain.as_ref().map(|_| StepRecord {
+                stage: stage_name.clone(),
+                position: n,
+                instruction: shown.to_string(),
+                key: step_key.clone(),
+                parent: key.clone(),
+                base: (n == 0).then(|| match &stage.base {
+                    Base::Scratch => "scratch".to_string(),
+                    Base::Stage(i) => format!("stage {i}"),
+                    Base::Image(img) => format!("image {}@{}", img.reference, img.manifest_digest),
+                }),
+                env: match &op.kind {
+                    OpKind::Run { env, .. } => env.clone(),
+                    _ => Vec::new(),
+                },
+                command: match &op.kind {
+                    OpKind::Run { args, .. } => args.clone(),
+                    _ => Vec::new(),
+                },
+                files: match &op.kind {
+                    OpKind::Copy(c) if matches!(c.from, CopyFrom::Context) => {
+                        let patterns: Vec<String> = c
+                            .sources
+                            .iter()
+                            .filter_map(|s| match s {
+                                CopySource::Path(p) => Some(p.clone()),
+                                _ => None,
+                            })
+                            .collect();
+                        context.file_digests(&patterns).unwrap_or_default()
+                    }
+                    _ => BTreeMap::new(),
+                },
+            });
             let cached = match (&step_key, self.cache, skip_cache) {
                 (Some(k), Some(cache), false) => {
                     self.cache_hit(cache, k).map_err(|e| e.at(op.span, shown))?
@@ -268,12 +443,18 @@ impl Builder<'_> {
             };
             let layer = match cached {
                 Some(hit) => {
-                    self.progress.cached(*step_id);
+                    self.progress.cached(step_id);
                     hit
                 }
                 None => {
+                    if let (Some(explain), Some(r)) = (&self.explain, &record) {
+                        if explain.report && !matches!(op.kind, OpKind::Metadata) {
+                            let why = why_missed(explain.previous.as_ref(), r, skip_cache);
+                            self.progress.log(step_id, &format!("cache miss: {why}"));
+                        }
+                    }
                     let layer = self
-                        .run_op(plan, op, &layers, results, context)
+                        .run_op(plan, op, &layers, results, context, step_id)
                         .map_err(|e| e.at(op.span, shown))?;
                     if let (Some(k), Some(cache)) = (&step_key, self.cache) {
                         let record = layer.as_ref().map(|l| CachedLayer {
@@ -284,11 +465,17 @@ impl Builder<'_> {
                             .put(k, record, shown)
                             .map_err(|e| ExecError::Store(e.to_string()))?;
                     }
-                    self.progress
-                        .done(*step_id, started.elapsed().as_secs_f64());
+                    self.progress.done(step_id, started.elapsed().as_secs_f64());
                     layer
                 }
             };
+            if let (Some(explain), Some(r)) = (&self.explain, record) {
+                if !matches!(op.kind, OpKind::Metadata) {
+                    if let Ok(mut current) = explain.current.lock() {
+                        current.steps.push(r);
+                    }
+                }
+            }
             if !matches!(op.kind, OpKind::Metadata) {
                 // An uncacheable step makes everything after it uncacheable too.
                 key = step_key;
@@ -410,13 +597,32 @@ impl Builder<'_> {
         layers: &[LayerRef],
         results: &BTreeMap<usize, StageResult>,
         context: &dyn SourceTree,
+        step_id: usize,
     ) -> Result<Option<LayerRef>, ExecError> {
         let chain = chain_id(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
         match &op.kind {
             OpKind::Metadata => Ok(None),
-            OpKind::Run { .. } => Err(ExecError::Copy(
-                "RUN needs process execution in a sandbox, which this version of kiln does not have yet".into(),
-            )),
+            OpKind::Run {
+                args,
+                env,
+                user,
+                workdir,
+                parsed_mounts,
+                network,
+                security,
+                ..
+            } => {
+                let req = RunRequest {
+                    args,
+                    env,
+                    user: user.as_deref(),
+                    workdir,
+                    mounts: parsed_mounts,
+                    network,
+                    security,
+                };
+                self.run_step(plan, &req, chain.as_ref(), results, context, step_id)
+            }
             OpKind::Mkdir { path, user } => {
                 let view = self.view(chain.as_ref())?;
                 let existing = resolve_in_root(view.path(), path, true)?;
@@ -430,20 +636,24 @@ impl Builder<'_> {
                     }
                     None => (0, 0),
                 };
-                let upper = tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
+                let upper =
+                    tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
                 fileop::mkdir(Some(view.path()), upper.path(), path, owner)?;
                 drop(view);
-                self.commit_layer(plan, upper.path(), chain.as_ref()).map(Some)
+                self.commit_layer(plan, upper.path(), chain.as_ref())
+                    .map(Some)
             }
             OpKind::Copy(c) => {
                 let view = self.view(if c.link { None } else { chain.as_ref() })?;
-                let upper = tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
+                let upper =
+                    tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
                 let wrote = self.copy(c, view.path(), upper.path(), results, context)?;
                 drop(view);
                 if !wrote {
                     return Ok(None);
                 }
-                self.commit_layer(plan, upper.path(), chain.as_ref()).map(Some)
+                self.commit_layer(plan, upper.path(), chain.as_ref())
+                    .map(Some)
             }
         }
     }
@@ -500,6 +710,92 @@ impl Builder<'_> {
                 fileop::copy(c, &tree, &env)
             }
         }
+    }
+
+    /// A read-only view of what a RUN `--mount from=` names: a stage (name or index) or an image.
+    fn view_of(
+        &self,
+        plan: &Plan,
+        name: &str,
+        results: &BTreeMap<usize, StageResult>,
+    ) -> Result<View, ExecError> {
+        let stage = plan.stages.iter().find(|s| {
+            s.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+                || name.parse::<usize>().ok() == Some(s.index)
+        });
+        if let Some(s) = stage {
+            let r = results.get(&s.index).ok_or_else(|| {
+                ExecError::Store(format!("stage {name} was not built before it was mounted"))
+            })?;
+            return self.view(r.chain().as_ref());
+        }
+        let img = self
+            .store
+            .lookup(name)
+            .map_err(|e| ExecError::Store(e.to_string()))?;
+        let r = self.image_result(&img.manifest_digest)?;
+        self.view(r.chain().as_ref())
+    }
+
+    fn run_step(
+        &self,
+        plan: &Plan,
+        req: &RunRequest,
+        chain: Option<&Digest>,
+        results: &BTreeMap<usize, StageResult>,
+        context: &dyn SourceTree,
+        step_id: usize,
+    ) -> Result<Option<LayerRef>, ExecError> {
+        let mut active = self
+            .snapshots
+            .prepare_active(chain)
+            .map_err(|e| ExecError::Store(format!("preparing the step's filesystem: {e}")))?;
+        let context_path = |rel: &str| context.host_path(rel.trim_start_matches('/'), true);
+        let from = |name: &str| self.view_of(plan, name, results);
+        let sources = MountSources {
+            context: &context_path,
+            from: &from,
+            cache_dir: self.store.root().join("cache").join("mounts"),
+            tmp: &self.tmp,
+        };
+        let created = run_step::run(
+            req,
+            &active.rootfs,
+            &sources,
+            &self.run_settings,
+            &mut |line| self.progress.log(step_id, line),
+        )?;
+        // Mount points the sandbox had to create are not part of the step's result.
+        for p in created.iter().rev() {
+            let host = active.rootfs.join(p.trim_start_matches('/'));
+            match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.is_dir() => {
+                    let _ = std::fs::remove_dir(&host);
+                }
+                Ok(m) if m.len() == 0 => {
+                    let _ = std::fs::remove_file(&host);
+                }
+                _ => {}
+            }
+        }
+        let upper = active
+            .diff()
+            .map_err(|e| ExecError::Store(format!("computing the step's changes: {e}")))?
+            .to_path_buf();
+        let empty = std::fs::read_dir(&upper)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        let layer = if empty {
+            None
+        } else {
+            Some(self.commit_layer(plan, &upper, chain)?)
+        };
+        active
+            .close()
+            .map_err(|e| ExecError::Store(e.to_string()))?;
+        Ok(layer)
     }
 
     /// Turns a layer directory into a blob + snapshot on top of `parent`.

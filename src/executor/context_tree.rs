@@ -9,11 +9,34 @@ use crate::context::BuildContext;
 /// Adapts an opened [`BuildContext`] to the copy engine.
 pub struct ContextTree<'a> {
     context: &'a BuildContext,
+    hasher: std::sync::Arc<dyn crate::context::FileHasher>,
 }
 
 impl<'a> ContextTree<'a> {
-    pub fn new(context: &'a BuildContext) -> Self {
-        ContextTree { context }
+    /// `hasher` is the one the context digests with (so per-file digests for `--explain` come
+    /// from the same incremental index).
+    pub fn new(
+        context: &'a BuildContext,
+        hasher: std::sync::Arc<dyn crate::context::FileHasher>,
+    ) -> Self {
+        ContextTree { context, hasher }
+    }
+
+    fn selected(
+        &self,
+        patterns: &[String],
+    ) -> Result<Vec<crate::context::ContextEntry>, ExecError> {
+        let mut entries = Vec::new();
+        for p in patterns {
+            for e in self.context.resolve(p).map_err(ctx_err)? {
+                if matches!(e.kind, crate::context::EntryKind::Dir) {
+                    entries.extend(self.context.walk(&e.rel, None).map_err(ctx_err)?);
+                } else {
+                    entries.push(e);
+                }
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -71,16 +94,21 @@ impl SourceTree for ContextTree<'_> {
         &self,
         patterns: &[String],
     ) -> Result<Option<crate::cache::Digest>, ExecError> {
-        let mut entries = Vec::new();
-        for p in patterns {
-            for e in self.context.resolve(p).map_err(ctx_err)? {
-                if matches!(e.kind, crate::context::EntryKind::Dir) {
-                    entries.extend(self.context.walk(&e.rel, None).map_err(ctx_err)?);
-                } else {
-                    entries.push(e);
-                }
+        let entries = self.selected(patterns)?;
+        self.context.digest_of(&entries).map(Some).map_err(ctx_err)
+    }
+
+    fn file_digests(
+        &self,
+        patterns: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in self.selected(patterns)? {
+            if matches!(e.kind, crate::context::EntryKind::File) {
+                let d = self.hasher.hash_file(&e).map_err(ctx_err)?;
+                out.insert(e.rel.clone(), d.to_string());
             }
         }
-        self.context.digest_of(&entries).map(Some).map_err(ctx_err)
+        Ok(out)
     }
 }

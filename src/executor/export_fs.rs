@@ -34,3 +34,19 @@ pub fn copy_tree(root: &Path, dest: &Path) -> Result<(), ExecError> {
         .map_err(|_| ExecError::Copy("the exporting thread panicked".into()))?;
     produced.and(unpacked)
 }
+
+/// Copies a file or a directory tree to `dest` (which must not exist), keeping owners and modes.
+pub fn copy_tree_or_file(src: &Path, dest: &Path) -> Result<(), ExecError> {
+    let meta = std::fs::metadata(src).map_err(|e| ExecError::io(src, e))?;
+    if meta.is_dir() {
+        return copy_tree(src, dest);
+    }
+    std::fs::copy(src, dest).map_err(|e| ExecError::io(dest, e))?;
+    use std::os::unix::fs::MetadataExt;
+    nix::unistd::chown(
+        dest,
+        Some(nix::unistd::Uid::from_raw(meta.uid())),
+        Some(nix::unistd::Gid::from_raw(meta.gid())),
+    )
+    .map_err(|e| ExecError::io(dest, e.into()))
+}

@@ -39,6 +39,13 @@ pub trait SourceTree {
     fn preserve_owner(&self) -> bool;
     /// A name for error messages ("build context", "stage builder").
     fn describe(&self) -> String;
+    /// Per-file content digests of what the patterns select (for `--explain`).
+    fn file_digests(
+        &self,
+        _patterns: &[String],
+    ) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
+        Ok(Default::default())
+    }
     /// A digest of the content the patterns select (for cache keys), when the tree can say.
     fn content_digest(
         &self,

@@ -1,6 +1,6 @@
-//! Carrying out a build plan: file operations (COPY/ADD/WORKDIR) into layers, snapshots of
-//! each step, and the final image in the store. RUN steps (namespaced sandboxes) and the
-//! parallel scheduler come with the RUN issue; today stages run one after another.
+//! Carrying out a build plan: file operations (COPY/ADD/WORKDIR) and RUN steps (in namespaced
+//! sandboxes) into layers, a snapshot per step, the build cache, and the final image in the
+//! store. Stages run one after another (the parallel scheduler is still to come).
 
 pub mod build;
 pub mod context_tree;
@@ -9,6 +9,8 @@ pub mod explain;
 pub mod export_fs;
 pub mod fileop;
 pub mod rootfs;
+pub mod run_step;
+pub mod sandbox;
 pub mod user;
 
 use std::path::{Path, PathBuf};
