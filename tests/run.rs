@@ -270,3 +270,82 @@ fn run_steps_are_cached_by_their_inputs() {
     assert_eq!(read(&out.join("g")), "two");
     assert_eq!(std::fs::metadata(out.join("g")).expect("g").uid(), 0);
 }
+
+#[test]
+fn independent_stages_run_at_the_same_time() {
+    let k = Kiln::new();
+    let base = k.busybox();
+    let id = format!("rendezvous-{}", std::process::id());
+    // Each stage waits for the other's marker in a shared cache mount. Run one after the
+    // other, the first stage would give up after 20 s and fail the build.
+    let wait = |me: &str, other: &str| {
+        format!(
+            "RUN --mount=type=cache,id={id},target=/r sh -c ': > /r/{me}; i=0; while [ ! -e /r/{other} ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done; [ -e /r/{other} ]'"
+        )
+    };
+    let ctx = k.context(
+        "parallel",
+        &format!(
+            "FROM {base} AS a\n{}\nFROM {base} AS b\n{}\nFROM {base} AS unused\nRUN exit 1\nFROM {base}\nCOPY --from=a /bin/busybox /a\nCOPY --from=b /bin/busybox /b\n",
+            wait("a", "b"),
+            wait("b", "a")
+        ),
+        &[],
+    );
+    k.build(&ctx, &["--jobs", "2"]);
+}
+
+fn sleeping_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .filter(|c| c == b"sleep\x001000\x00")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_failing_stage_cancels_the_others_cleanly() {
+    let k = Kiln::new();
+    let base = k.busybox();
+    let ctx = k.context(
+        "cancel",
+        &format!("FROM {base} AS slow\nRUN sleep 1000\nFROM {base} AS fails\nRUN sleep 1; exit 7\nFROM {base}\nCOPY --from=slow /bin/sh /s\nCOPY --from=fails /bin/sh /f\n"),
+        &[],
+    );
+    let before = sleeping_processes();
+    let mut cmd = crate::util::kiln(k.root.path());
+    cmd.args(["build", "--jobs", "2", ctx.to_str().expect("utf8")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kiln");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the build did not stop after its failing stage");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    assert!(!status.success());
+    assert!(err.contains("exit code: 7"), "{err}");
+    assert_eq!(
+        sleeping_processes(),
+        before,
+        "no process of the cancelled stage survives"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let root = k.root.path().to_string_lossy().to_string();
+    assert!(
+        !mounts.contains(&root),
+        "no mount under the kiln root survives:\n{mounts}"
+    );
+}

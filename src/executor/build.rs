@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -12,6 +12,7 @@ use super::explain::{why_missed, BuildRecord, StepRecord};
 use super::fileop::{self, CopyEnv, RootfsTree, SourceTree};
 use super::rootfs::resolve_in_root;
 use super::run_step::{self, MountSources, RunRequest, RunSettings};
+use super::sandbox::CancelToken;
 use super::user::resolve_user;
 use super::ExecError;
 use crate::cache::buildcache::{BuildCache, CachedLayer};
@@ -202,7 +203,7 @@ impl Builder<'_> {
     ) -> Result<BTreeMap<usize, StageResult>, ExecError> {
         let deps = stage_dependencies(plan);
         let results: Mutex<BTreeMap<usize, StageResult>> = Mutex::new(BTreeMap::new());
-        let cancel = AtomicBool::new(false);
+        let cancel = CancelToken::new();
         let step_ids = AtomicUsize::new(0);
         let jobs = self.jobs.max(1);
         let lock = |m: &Mutex<BTreeMap<usize, StageResult>>| {
@@ -248,7 +249,7 @@ impl Builder<'_> {
                             .insert(index, r);
                     }
                     Err(e) => {
-                        cancel.store(true, Ordering::SeqCst);
+                        cancel.cancel();
                         if failure.is_none() {
                             failure = Some(e);
                         }
@@ -365,7 +366,7 @@ impl Builder<'_> {
         results: &BTreeMap<usize, StageResult>,
         context: &dyn SourceTree,
         step_ids: &AtomicUsize,
-        cancel: &AtomicBool,
+        cancel: &CancelToken,
     ) -> Result<StageResult, ExecError> {
         let base = self.base_of(stage, results)?;
         let stage_keys = |i: usize| results.get(&i).and_then(|r| r.key.clone());
@@ -384,7 +385,7 @@ impl Builder<'_> {
             .unwrap_or_else(|| format!("stage-{}", stage.index));
         let skip_cache = self.no_cache.applies(stage);
         for (n, op) in stage.ops.iter().enumerate() {
-            if cancel.load(Ordering::SeqCst) {
+            if cancel.is_cancelled() {
                 return Err(ExecError::Copy(format!(
                     "stage {stage_name} cancelled: another stage failed"
                 )));
@@ -454,7 +455,7 @@ impl Builder<'_> {
                         }
                     }
                     let layer = self
-                        .run_op(plan, op, &layers, results, context, step_id)
+                        .run_op(plan, op, &layers, results, context, step_id, cancel)
                         .map_err(|e| e.at(op.span, shown))?;
                     if let (Some(k), Some(cache)) = (&step_key, self.cache) {
                         let record = layer.as_ref().map(|l| CachedLayer {
@@ -598,6 +599,7 @@ impl Builder<'_> {
         results: &BTreeMap<usize, StageResult>,
         context: &dyn SourceTree,
         step_id: usize,
+        cancel: &CancelToken,
     ) -> Result<Option<LayerRef>, ExecError> {
         let chain = chain_id(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
         match &op.kind {
@@ -621,7 +623,15 @@ impl Builder<'_> {
                     network,
                     security,
                 };
-                self.run_step(plan, &req, chain.as_ref(), results, context, step_id)
+                self.run_step(
+                    plan,
+                    &req,
+                    chain.as_ref(),
+                    results,
+                    context,
+                    step_id,
+                    cancel,
+                )
             }
             OpKind::Mkdir { path, user } => {
                 let view = self.view(chain.as_ref())?;
@@ -747,6 +757,7 @@ impl Builder<'_> {
         results: &BTreeMap<usize, StageResult>,
         context: &dyn SourceTree,
         step_id: usize,
+        cancel: &CancelToken,
     ) -> Result<Option<LayerRef>, ExecError> {
         let mut active = self
             .snapshots
@@ -765,6 +776,7 @@ impl Builder<'_> {
             &active.rootfs,
             &sources,
             &self.run_settings,
+            cancel,
             &mut |line| self.progress.log(step_id, line),
         )?;
         // Mount points the sandbox had to create are not part of the step's result.

@@ -330,6 +330,7 @@ pub fn run(
     rootfs: &Path,
     sources: &MountSources,
     settings: &RunSettings,
+    cancel: &sandbox::CancelToken,
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<String>, ExecError> {
     if req.security == "insecure" && !settings.allow_insecure {
@@ -399,8 +400,8 @@ pub fn run(
             tail.push_back(line);
         }
     };
-    let outcome =
-        sandbox::run(&config, &mut on_output).map_err(|e| ExecError::Copy(e.to_string()))?;
+    let outcome = sandbox::run_with_cancel(&config, &mut on_output, cancel)
+        .map_err(|e| ExecError::Copy(e.to_string()))?;
     for rest in partial.iter().filter(|p| !p.is_empty()) {
         log(rest);
         tail.push_back(rest.clone());
