@@ -148,6 +148,16 @@ pub struct Explain {
     pub report: bool,
 }
 
+/// What a step needs from the build around it.
+#[derive(Clone, Copy)]
+struct StepCtx<'a> {
+    plan: &'a Plan,
+    results: &'a BTreeMap<usize, StageResult>,
+    context: &'a dyn SourceTree,
+    step_id: usize,
+    cancel: &'a CancelToken,
+}
+
 /// Which stages skip cache lookups (their results are still recorded).
 #[derive(Debug, Clone, Default)]
 pub enum NoCache {
@@ -455,7 +465,17 @@ impl Builder<'_> {
                         }
                     }
                     let layer = self
-                        .run_op(plan, op, &layers, results, context, step_id, cancel)
+                        .run_op(
+                            &StepCtx {
+                                plan,
+                                results,
+                                context,
+                                step_id,
+                                cancel,
+                            },
+                            op,
+                            &layers,
+                        )
                         .map_err(|e| e.at(op.span, shown))?;
                     if let (Some(k), Some(cache)) = (&step_key, self.cache) {
                         let record = layer.as_ref().map(|l| CachedLayer {
@@ -593,14 +613,16 @@ impl Builder<'_> {
 
     fn run_op(
         &self,
-        plan: &Plan,
+        step: &StepCtx,
         op: &Op,
         layers: &[LayerRef],
-        results: &BTreeMap<usize, StageResult>,
-        context: &dyn SourceTree,
-        step_id: usize,
-        cancel: &CancelToken,
     ) -> Result<Option<LayerRef>, ExecError> {
+        let StepCtx {
+            plan,
+            results,
+            context,
+            ..
+        } = *step;
         let chain = chain_id(&layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
         match &op.kind {
             OpKind::Metadata => Ok(None),
@@ -623,15 +645,7 @@ impl Builder<'_> {
                     network,
                     security,
                 };
-                self.run_step(
-                    plan,
-                    &req,
-                    chain.as_ref(),
-                    results,
-                    context,
-                    step_id,
-                    cancel,
-                )
+                self.run_step(step, &req, chain.as_ref())
             }
             OpKind::Mkdir { path, user } => {
                 let view = self.view(chain.as_ref())?;
@@ -751,14 +765,17 @@ impl Builder<'_> {
 
     fn run_step(
         &self,
-        plan: &Plan,
+        step: &StepCtx,
         req: &RunRequest,
         chain: Option<&Digest>,
-        results: &BTreeMap<usize, StageResult>,
-        context: &dyn SourceTree,
-        step_id: usize,
-        cancel: &CancelToken,
     ) -> Result<Option<LayerRef>, ExecError> {
+        let StepCtx {
+            plan,
+            results,
+            context,
+            step_id,
+            cancel,
+        } = *step;
         let mut active = self
             .snapshots
             .prepare_active(chain)
