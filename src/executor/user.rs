@@ -78,7 +78,10 @@ pub fn resolve_user(spec: &str, root: Option<&Path>) -> Result<ResolvedUser, Exe
     };
     let passwd = parse_passwd(&read("/etc/passwd"));
     let groups = parse_group(&read("/etc/group"));
-    let (uid, mut gid, name, home) = if user.is_empty() {
+    let (uid, mut gid, name, home) = if user.is_empty()
+        || (user == "root" && !passwd.iter().any(|p| p.name == "root"))
+    {
+        // No user, or root in an image without /etc/passwd: root, as docker does.
         (0, 0, Some("root".to_string()), "/root".to_string())
     } else if let Ok(uid) = user.parse::<u32>() {
         match passwd.iter().find(|p| p.uid == uid) {
@@ -169,6 +172,7 @@ mod tests {
         assert_eq!(resolve_user("app:staff", Some(r.path())).unwrap().gid, 50);
         assert_eq!(resolve_user("1000:7", Some(r.path())).unwrap().gid, 7);
         assert_eq!(resolve_user("4242", None).unwrap().gid, 0);
+        assert_eq!(resolve_user("root", None).unwrap().uid, 0);
         assert!(resolve_user("nobody", Some(r.path()))
             .unwrap_err()
             .to_string()
