@@ -10,3 +10,4 @@ mod golden;
 mod images_cli;
 mod parser_properties;
 mod run;
+mod sandbox;

@@ -797,18 +797,11 @@ impl Builder<'_> {
             &mut |line| self.progress.log(step_id, line),
         )?;
         // Mount points the sandbox had to create are not part of the step's result.
-        for p in created.iter().rev() {
-            let host = active.rootfs.join(p.trim_start_matches('/'));
-            match std::fs::symlink_metadata(&host) {
-                Ok(m) if m.is_dir() => {
-                    let _ = std::fs::remove_dir(&host);
-                }
-                Ok(m) if m.len() == 0 => {
-                    let _ = std::fs::remove_file(&host);
-                }
-                _ => {}
-            }
-        }
+        super::sandbox::remove_created_mountpoints(&active.rootfs, &created).map_err(|e| {
+            ExecError::Store(format!(
+                "removing mount points from the step's changes: {e}"
+            ))
+        })?;
         let upper = active
             .diff()
             .map_err(|e| ExecError::Store(format!("computing the step's changes: {e}")))?
