@@ -587,11 +587,17 @@ fn unchanged_steps_come_from_the_cache() {
     let third = build(&[]);
     assert_eq!(third.matches("CACHED").count(), 1, "{third}");
     assert!(third.contains("#1 CACHED"), "{third}");
-    // --no-cache runs everything; the images are the same.
+    // --no-cache runs everything; with SOURCE_DATE_EPOCH the images are the same.
     let fourth = build(&["--no-cache"]);
     assert!(!fourth.contains("CACHED"), "{fourth}");
-    let id1 = k.build(&ctx, &[]);
-    let id2 = k.build(&ctx, &["--no-cache"]);
+    let epoch = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    let id1 = k.build(&ctx, &epoch);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let id2 = k.build(&ctx, &[epoch[0], epoch[1], "--no-cache"]);
+    assert_eq!(
+        id1, id2,
+        "a cached build and a fresh one give the same image"
+    );
     let v1 = k.inspect(&id1);
     let v2 = k.inspect(&id2);
     assert_eq!(

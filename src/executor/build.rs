@@ -380,7 +380,11 @@ impl Builder<'_> {
     ) -> Result<StageResult, ExecError> {
         let base = self.base_of(stage, results)?;
         let stage_keys = |i: usize| results.get(&i).and_then(|r| r.key.clone());
-        let platform = plan_platform(stage);
+        // SOURCE_DATE_EPOCH changes layer bytes (clamped mtimes), so it is part of every key.
+        let platform = match plan.source_date_epoch {
+            Some(epoch) => format!("{} source_date_epoch={epoch}", plan_platform(stage)),
+            None => plan_platform(stage),
+        };
         let mut key = match &stage.base {
             Base::Stage(_) => base.key.clone(),
             other => cache_key::base_key(other, &platform, &stage_keys),
@@ -664,7 +668,7 @@ impl Builder<'_> {
                     tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
                 fileop::mkdir(Some(view.path()), upper.path(), path, owner)?;
                 drop(view);
-                self.commit_layer(plan, upper.path(), chain.as_ref())
+                self.commit_layer(plan, upper.path(), chain.as_ref(), true)
                     .map(Some)
             }
             OpKind::Copy(c) => {
@@ -676,7 +680,7 @@ impl Builder<'_> {
                 if !wrote {
                     return Ok(None);
                 }
-                self.commit_layer(plan, upper.path(), chain.as_ref())
+                self.commit_layer(plan, upper.path(), chain.as_ref(), true)
                     .map(Some)
             }
         }
@@ -812,7 +816,7 @@ impl Builder<'_> {
         let layer = if empty {
             None
         } else {
-            Some(self.commit_layer(plan, &upper, chain)?)
+            Some(self.commit_layer(plan, &upper, chain, false)?)
         };
         active
             .close()
@@ -821,11 +825,15 @@ impl Builder<'_> {
     }
 
     /// Turns a layer directory into a blob + snapshot on top of `parent`.
+    /// With `movable`, `upper` is a private directory that may be consumed: an overlay
+    /// snapshot then takes its entries by rename instead of unpacking the blob again (one
+    /// write of the layer's bytes instead of two).
     fn commit_layer(
         &self,
         plan: &Plan,
         upper: &Path,
         parent: Option<&Digest>,
+        movable: bool,
     ) -> Result<LayerRef, ExecError> {
         let store = |e: String| ExecError::Store(e);
         let mut writer = self
@@ -857,8 +865,48 @@ impl Builder<'_> {
             None => info.diff_id.clone(),
         };
         if !self.snapshots.exists(&id) {
-            self.unpack_into_snapshot(&id, parent, &layer.blob.digest)?;
+            // Clamped mtimes (SOURCE_DATE_EPOCH) exist only in the tar: unpack it then.
+            if movable && plan.source_date_epoch.is_none() {
+                self.move_into_snapshot(&id, parent, upper, &layer.blob.digest)?;
+            } else {
+                self.unpack_into_snapshot(&id, parent, &layer.blob.digest)?;
+            }
         }
         Ok(layer)
+    }
+
+    /// Creates snapshot `id` from a layer directory: by renaming its entries when the
+    /// snapshotter stores diffs (overlay), else by unpacking the blob.
+    fn move_into_snapshot(
+        &self,
+        id: &Digest,
+        parent: Option<&Digest>,
+        upper: &Path,
+        blob: &Digest,
+    ) -> Result<(), ExecError> {
+        let store = &self.store.content;
+        let mut fill = |dir: &Path, mode: UnpackMode| -> Result<(), layer::LayerError> {
+            let io = |op: &'static str, path: &Path| {
+                let path = path.to_path_buf();
+                move |source| layer::LayerError::Io { op, path, source }
+            };
+            if matches!(mode, UnpackMode::OverlayDiff) {
+                for entry in std::fs::read_dir(upper).map_err(io("read layer dir", upper))? {
+                    let entry = entry.map_err(io("read layer dir", upper))?;
+                    let to = dir.join(entry.file_name());
+                    std::fs::rename(entry.path(), &to).map_err(io("move into snapshot", &to))?;
+                }
+                return Ok(());
+            }
+            let file = store.open_blob(blob).map_err(|e| layer::LayerError::Io {
+                op: "open layer blob",
+                path: store.blob_path(blob),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            layer::unpack_layer(std::io::BufReader::new(file), dir, mode).map(|_| ())
+        };
+        self.snapshots
+            .create(id, parent, &mut fill)
+            .map_err(|e| ExecError::Store(format!("creating snapshot {id}: {e}")))
     }
 }
