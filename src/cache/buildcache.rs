@@ -61,10 +61,13 @@ struct IndexFile {
     entries: BTreeMap<Digest, CacheRecord>,
 }
 
-/// The build cache index of one root.
+/// The build cache index of one root. Lookups during a build use one snapshot of the index
+/// (read once); uses are recorded in memory and written by [`BuildCache::flush_uses`].
 #[derive(Debug, Clone)]
 pub struct BuildCache {
     dir: PathBuf,
+    snapshot: std::sync::Arc<std::sync::OnceLock<BTreeMap<Digest, CacheRecord>>>,
+    used: std::sync::Arc<std::sync::Mutex<Vec<Digest>>>,
 }
 
 fn now() -> i64 {
@@ -81,7 +84,37 @@ impl BuildCache {
             path: dir.clone(),
             source,
         })?;
-        Ok(BuildCache { dir })
+        Ok(BuildCache {
+            dir,
+            snapshot: Default::default(),
+            used: Default::default(),
+        })
+    }
+
+    /// A cached record for `key`, from the snapshot of the index taken at the first lookup
+    /// (plus what this build recorded since).
+    pub fn lookup(&self, key: &Digest) -> Result<Option<CacheRecord>> {
+        if self.snapshot.get().is_none() {
+            let entries = self.entries()?;
+            let _ = self.snapshot.set(entries);
+        }
+        Ok(self.snapshot.get().and_then(|m| m.get(key).cloned()))
+    }
+
+    /// Notes that a record was used (written to the index by [`flush_uses`](Self::flush_uses)).
+    pub fn mark_used(&self, key: &Digest) {
+        if let Ok(mut u) = self.used.lock() {
+            u.push(key.clone());
+        }
+    }
+
+    /// Writes the last-used times of the records used since the last flush.
+    pub fn flush_uses(&self) -> Result<()> {
+        let keys = match self.used.lock() {
+            Ok(mut u) => std::mem::take(&mut *u),
+            Err(_) => return Ok(()),
+        };
+        self.touch(&keys)
     }
 
     fn index_path(&self) -> PathBuf {

@@ -405,6 +405,9 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
             }
         }
     }
+    if let Err(e) = cache.flush_uses() {
+        tracing::warn!("could not record build cache use: {e}");
+    }
     if context_dir.is_some() {
         if let Err(e) = hasher.save() {
             tracing::warn!("could not save the context hash index: {e}");

@@ -63,6 +63,9 @@ pub struct CachingFileHasher {
     written_ns: i128,
     records: RwLock<HashMap<PathBuf, Record>>,
     dirty: AtomicBool,
+    /// Paths already verified (or hashed) in this run: asked again, they are answered without
+    /// another `stat` (a build asks for the same files for its key and for `--explain`).
+    verified: RwLock<HashMap<PathBuf, Digest>>,
     /// Files actually read in this run (for tests and `--debug` statistics).
     reads: std::sync::atomic::AtomicUsize,
 }
@@ -87,6 +90,7 @@ impl CachingFileHasher {
             written_ns: index.written_ns,
             records: RwLock::new(index.records),
             dirty: AtomicBool::new(false),
+            verified: RwLock::new(HashMap::new()),
             reads: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -130,6 +134,24 @@ impl CachingFileHasher {
 
 impl FileHasher for CachingFileHasher {
     fn hash_file(&self, entry: &ContextEntry) -> Result<Digest> {
+        if let Some(d) = self
+            .verified
+            .read()
+            .ok()
+            .and_then(|v| v.get(&entry.path).cloned())
+        {
+            return Ok(d);
+        }
+        let digest = self.hash_uncached(entry)?;
+        if let Ok(mut v) = self.verified.write() {
+            v.insert(entry.path.clone(), digest.clone());
+        }
+        Ok(digest)
+    }
+}
+
+impl CachingFileHasher {
+    fn hash_uncached(&self, entry: &ContextEntry) -> Result<Digest> {
         let meta = std::fs::symlink_metadata(&entry.path).map_err(|source| ContextError::Io {
             op: "stat",
             path: entry.path.clone(),

@@ -587,10 +587,10 @@ impl Builder<'_> {
         cache: &BuildCache,
         key: &Digest,
     ) -> Result<Option<Option<LayerRef>>, ExecError> {
-        let entries = cache
-            .entries()
-            .map_err(|e| ExecError::Store(e.to_string()))?;
-        let Some(record) = entries.get(key) else {
+        let Some(record) = cache
+            .lookup(key)
+            .map_err(|e| ExecError::Store(e.to_string()))?
+        else {
             return Ok(None);
         };
         let layer = match &record.layer {
@@ -609,9 +609,7 @@ impl Builder<'_> {
                 })
             }
         };
-        cache
-            .touch(std::slice::from_ref(key))
-            .map_err(|e| ExecError::Store(e.to_string()))?;
+        cache.mark_used(key);
         Ok(Some(layer))
     }
 
