@@ -39,7 +39,9 @@ mkdir -p "$work/a"
 sed 's#BASE#busybox#' "$work/a/Dockerfile.tmpl" > "$work/a/Dockerfile"
 sed 's#BASE#localhost:5000/busybox#' "$work/a/Dockerfile.tmpl" > "$work/a/Dockerfile.peer"
 t0=$(now); "$kiln" build -q --no-cache "$work/a" >/dev/null; t1=$(now); ka=$(secs "$t0" "$t1")
-echo "(a) parallel stages: kiln ${ka}s"
+echo "(a) parallel stages: kiln ${ka}s (--jobs = CPU count)"
+t0=$(now); "$kiln" build -q --no-cache --jobs 4 "$work/a" >/dev/null; t1=$(now); ka4=$(secs "$t0" "$t1")
+echo "(a) parallel stages: kiln --jobs 4 ${ka4}s"
 if [ -n "$have_buildah" ]; then
   t0=$(now); buildah bud -q --jobs 4 --no-cache -f "$work/a/Dockerfile.peer" "$work/a" >/dev/null 2>&1; t1=$(now); ba=$(secs "$t0" "$t1")
   echo "(a) parallel stages: buildah ${ba}s (kiln $(ratio "$ba" "$ka")x faster)"

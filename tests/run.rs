@@ -22,7 +22,7 @@ ENV A=from-env
 ARG B=from-arg
 RUN echo "$A $B" > /out/env
 WORKDIR /work/dir
-RUN pwd > /out/pwd && hostname > /out/hostname && echo $$ > /out/pid
+RUN pwd > /out/pwd && hostname > /out/hostname && echo $$ > /out/pid && grep NoNewPrivs /proc/self/status > /out/nnp && grep CapBnd /proc/self/status > /out/capbnd
 RUN chown app /out
 USER app
 RUN id > /out/app-id

@@ -141,6 +141,7 @@ fn config(rootfs: &Path, script: &str) -> SandboxConfig {
         etc_hosts: "127.0.0.1\tlocalhost buildkitsandbox\n".into(),
         resolv_conf: "nameserver 192.0.2.53\n".into(),
         insecure: false,
+        no_new_privileges: false,
         stdin: None,
     }
 }

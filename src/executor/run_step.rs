@@ -383,6 +383,8 @@ pub fn run(
         ),
         resolv_conf,
         insecure: req.security == "insecure",
+        // The RUN issue asks for no-new-privileges in build steps.
+        no_new_privileges: true,
         stdin: None,
     };
     let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);

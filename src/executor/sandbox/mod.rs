@@ -94,6 +94,9 @@ pub struct SandboxConfig {
     pub resolv_conf: String,
     /// `RUN --security=insecure`: every capability, no seccomp, no masked paths, rw `/sys`.
     pub insecure: bool,
+    /// `PR_SET_NO_NEW_PRIVS`: setuid binaries and file capabilities grant nothing (ignored
+    /// when `insecure`).
+    pub no_new_privileges: bool,
     /// None: `/dev/null`.
     pub stdin: Option<std::fs::File>,
 }

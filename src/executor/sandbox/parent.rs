@@ -166,7 +166,7 @@ pub(super) fn build_spec(config: &SandboxConfig, dir: &Path, parent_pid: i32) ->
         mounts,
         etc_files,
         insecure: config.insecure,
-        no_new_privileges: false,
+        no_new_privileges: config.no_new_privileges && !config.insecure,
         parent_pid,
     })
 }
@@ -507,6 +507,7 @@ mod tests {
             etc_hosts: "127.0.0.1 localhost\n".into(),
             resolv_conf: String::new(),
             insecure: false,
+            no_new_privileges: false,
             stdin: None,
         }
     }
