@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use super::engine::Engine;
-use super::progress::{PlainProgress, ProgressMode};
+use super::progress::{self, ProgressMode};
 use super::{parse_key_value, Outcome};
 use crate::cache::export::{self, LayerCompression};
 use crate::cache::store::ImageStore;
@@ -309,7 +309,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     } else {
         args.progress
     };
-    let progress = PlainProgress::new(mode);
+    let progress = progress::display(mode);
     let lease =
         crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
     let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
@@ -325,7 +325,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         store: &engine.store,
         snapshots: snapshots.as_ref(),
         tmp: engine.tmp(),
-        progress: &progress,
+        progress: progress.as_ref(),
         lease: &lease,
         cache: Some(&cache),
         no_cache,
@@ -405,6 +405,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
             }
         }
     }
+    progress.finish();
     if let Err(e) = cache.flush_uses() {
         tracing::warn!("could not record build cache use: {e}");
     }
