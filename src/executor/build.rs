@@ -24,6 +24,21 @@ use crate::cache::Digest;
 use crate::graph::cache_key;
 use crate::graph::dispatch::{Base, CopyFrom, CopyOp, CopySource, Op, OpKind, Plan, StagePlan};
 
+/// Unpacks a layer blob of the content store into `dir`.
+fn unpack_blob(
+    store: &crate::cache::content::ContentStore,
+    blob: &Digest,
+    dir: &Path,
+    mode: UnpackMode,
+) -> Result<(), layer::LayerError> {
+    let file = store.open_blob(blob).map_err(|e| layer::LayerError::Io {
+        op: "open layer blob",
+        path: store.blob_path(blob),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    layer::unpack_layer(std::io::BufReader::new(file), dir, mode).map(|_| ())
+}
+
 /// `os/arch[/variant]` of a stage's result.
 fn plan_platform(stage: &StagePlan) -> String {
     stage.config.platform_string()
@@ -351,12 +366,7 @@ impl Builder<'_> {
     ) -> Result<(), ExecError> {
         let store = &self.store.content;
         let mut fill = |dir: &Path, mode: UnpackMode| -> Result<(), layer::LayerError> {
-            let file = store.open_blob(blob).map_err(|e| layer::LayerError::Io {
-                op: "open layer blob",
-                path: store.blob_path(blob),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            layer::unpack_layer(std::io::BufReader::new(file), dir, mode).map(|_| ())
+            unpack_blob(store, blob, dir, mode)
         };
         self.snapshots
             .create(id, parent, &mut fill)
@@ -896,12 +906,7 @@ impl Builder<'_> {
                 }
                 return Ok(());
             }
-            let file = store.open_blob(blob).map_err(|e| layer::LayerError::Io {
-                op: "open layer blob",
-                path: store.blob_path(blob),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            layer::unpack_layer(std::io::BufReader::new(file), dir, mode).map(|_| ())
+            unpack_blob(store, blob, dir, mode)
         };
         self.snapshots
             .create(id, parent, &mut fill)

@@ -8,10 +8,16 @@ use super::ExecError;
 
 const MAX_SYMLINKS: usize = 255;
 
-/// Resolves `path` (absolute inside the container) to a host path under `root`, following
-/// symlinks as the container would but clamping every `..` and absolute link target to `root`.
-/// With `follow_last` false, a symlink as the final component is returned as is.
-pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, ExecError> {
+/// Resolves `path` (absolute inside the container) under `root` the way the container would
+/// see it, following symlinks but clamping every `..` and absolute link target to `root`.
+/// Returns the resolved path's components (so both the host path and the container path can be
+/// built from it). With `follow_last` false, a symlink as the final component is kept.
+/// Errors: `ELOOP` after 255 links, or the `readlink` failure.
+pub fn scoped_components(
+    root: &Path,
+    path: &str,
+    follow_last: bool,
+) -> std::io::Result<Vec<String>> {
     let mut stack: Vec<String> = Vec::new();
     let mut pending: Vec<String> = path
         .split('/')
@@ -30,8 +36,7 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Pat
             _ => {}
         }
         stack.push(component);
-        let is_last = pending.is_empty();
-        if is_last && !follow_last {
+        if pending.is_empty() && !follow_last {
             break;
         }
         let host = root.join(stack.join("/"));
@@ -43,22 +48,34 @@ pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<Pat
         }
         hops += 1;
         if hops > MAX_SYMLINKS {
-            return Err(ExecError::Path {
-                path: path.to_string(),
-                message: "too many levels of symbolic links".into(),
-            });
+            return Err(std::io::Error::from_raw_os_error(nix::libc::ELOOP));
         }
-        let target = std::fs::read_link(&host).map_err(|e| ExecError::io(&host, e))?;
-        let target = target.to_string_lossy().to_string();
+        let target = std::fs::read_link(&host)?.to_string_lossy().to_string();
         stack.pop();
         if target.starts_with('/') {
             stack.clear();
         }
-        for c in target.split('/').filter(|c| !c.is_empty()).rev() {
-            pending.push(c.to_string());
-        }
+        pending.extend(
+            target
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .rev()
+                .map(String::from),
+        );
     }
-    Ok(root.join(stack.join("/")))
+    Ok(stack)
+}
+
+/// [`scoped_components`] as a host path under `root`.
+pub fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, ExecError> {
+    match scoped_components(root, path, follow_last) {
+        Ok(stack) => Ok(root.join(stack.join("/"))),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => Err(ExecError::Path {
+            path: path.to_string(),
+            message: "too many levels of symbolic links".into(),
+        }),
+        Err(e) => Err(ExecError::io(&root.join(path.trim_start_matches('/')), e)),
+    }
 }
 
 /// Reads a text file of the container (e.g. `/etc/passwd`).

@@ -18,8 +18,6 @@ use super::spec::{EtcFile, Failure, Report};
 use super::syscall::Syscall;
 use super::SandboxMount;
 
-const MAX_SYMLINKS: usize = 255;
-
 /// docker's masked paths: a file gets `/dev/null` bound over it, a directory a read-only tmpfs.
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
@@ -75,53 +73,13 @@ const INSECURE_DEVICES: &[(&str, SFlag, u64, u64)] = &[
 /// Resolves `path` (absolute in the container) under `root` following symlinks, clamped to
 /// the root. Returns the host path and the resolved container path.
 pub fn resolve_in_root(root: &Path, path: &str) -> Result<(PathBuf, String), Failure> {
-    let mut stack: Vec<String> = Vec::new();
-    let mut pending: Vec<String> = path
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .rev()
-        .map(String::from)
-        .collect();
-    let mut hops = 0;
-    while let Some(component) = pending.pop() {
-        match component.as_str() {
-            "." => continue,
-            ".." => {
-                stack.pop();
-                continue;
-            }
-            _ => {}
-        }
-        stack.push(component);
-        let host = root.join(stack.join("/"));
-        let Ok(meta) = std::fs::symlink_metadata(&host) else {
-            continue;
-        };
-        if !meta.file_type().is_symlink() {
-            continue;
-        }
-        hops += 1;
-        if hops > MAX_SYMLINKS {
-            return Err(Failure::invalid(format!(
-                "{path}: too many levels of symbolic links"
-            )));
-        }
-        let target = std::fs::read_link(&host)
-            .map_err(|e| Failure::step(format!("readlink {path}"), io_errno(&e)))?;
-        let target = target.to_string_lossy().to_string();
-        stack.pop();
-        if target.starts_with('/') {
-            stack.clear();
-        }
-        pending.extend(
-            target
-                .split('/')
-                .filter(|c| !c.is_empty())
-                .rev()
-                .map(String::from),
-        );
+    match super::super::rootfs::scoped_components(root, path, true) {
+        Ok(stack) => Ok((root.join(stack.join("/")), format!("/{}", stack.join("/")))),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => Err(Failure::invalid(format!(
+            "{path}: too many levels of symbolic links"
+        ))),
+        Err(e) => Err(Failure::step(format!("readlink {path}"), io_errno(&e))),
     }
-    Ok((root.join(stack.join("/")), format!("/{}", stack.join("/"))))
 }
 
 pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
