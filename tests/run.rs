@@ -164,6 +164,10 @@ RUN --mount=type=ssh sh -c 'test -S "$SSH_AUTH_SOCK" && echo agent > /out/ssh'
     // The cache mount persists across builds (the step itself re-runs with --no-cache).
     let out = k.files(&ctx, &["--secret", &secret, "--ssh", &ssh, "--no-cache"]);
     assert_eq!(read(&out.join("out/cache-count")).trim(), "2");
+    // `builder prune --all` drops cache mounts too.
+    k.ok(&["builder", "prune", "--all", "-f"]);
+    let out = k.files(&ctx, &["--secret", &secret, "--ssh", &ssh]);
+    assert_eq!(read(&out.join("out/cache-count")).trim(), "1");
     // A required secret that is missing fails clearly.
     let bad = k.context(
         "nosecret",

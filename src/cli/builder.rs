@@ -81,7 +81,22 @@ pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
         }
         remove.len()
     })?;
-    let reclaimed = collect_garbage(engine, false)?;
+    let mut reclaimed = collect_garbage(engine, false)?;
+    // RUN --mount=type=cache directories are build cache too; --all drops them.
+    if args.all {
+        let mounts = engine.root.join("cache").join("mounts");
+        if mounts.exists() {
+            reclaimed += walkdir::WalkDir::new(&mounts)
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum::<u64>();
+            std::fs::remove_dir_all(&mounts)
+                .map_err(|e| anyhow::anyhow!("removing {}: {e}", mounts.display()))?;
+        }
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "Deleted build cache objects: {removed}")?;
     writeln!(out, "Total:\t{}", human_size(reclaimed))?;
