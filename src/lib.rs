@@ -3,7 +3,10 @@
 //! binary (`main.rs` + [`cli`]) is one front door to it.
 //!
 //! Module map (see docs/ARCHITECTURE.md): [`parser`] (Dockerfile frontend), [`graph`]
-//! (ARG/ENV scoping, stage references), [`lint`] (`kiln check` rules), [`cli`] (commands).
+//! (ARG/ENV scoping, dispatch into a build plan, cache keys), [`lint`] (`kiln check` rules),
+//! [`context`] (build context, `.dockerignore`), [`cache`] (content store, images, snapshots,
+//! layers, GC, build cache), [`executor`] (COPY/ADD, RUN sandbox, parallel stages),
+//! [`reference`] (image names), [`cli`] (commands).
 
 pub mod cache;
 pub mod cli;

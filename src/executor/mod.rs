@@ -1,6 +1,6 @@
 //! Carrying out a build plan: file operations (COPY/ADD/WORKDIR) and RUN steps (in namespaced
 //! sandboxes) into layers, a snapshot per step, the build cache, and the final image in the
-//! store. Stages run one after another (the parallel scheduler is still to come).
+//! store. Independent stages run at the same time (see `build::Builder::run_stages`).
 
 pub mod build;
 pub mod context_tree;
