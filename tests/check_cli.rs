@@ -146,3 +146,23 @@ fn help_lists_only_working_commands_and_global_options() {
         "{help}"
     );
 }
+
+#[test]
+fn base_images_in_the_store_make_variable_checks_exact() {
+    let k = crate::build::Kiln::new();
+    let ctx = k.context("baseenv", "FROM scratch\nENV GOPATH=/go\n", &[]);
+    k.build(&ctx, &["-t", "gobase"]);
+    let text = "FROM gobase\nCOPY x $GOPATH/src/\nCOPY y $NOPE/\n";
+    let mut cmd = kiln(k.root.path());
+    cmd.args(["check", "-f", "-"]);
+    let out = run(cmd, Some(text));
+    let report = stdout(&out);
+    assert!(
+        !report.contains("'$GOPATH'"),
+        "ENV of the base image is known:\n{report}"
+    );
+    assert!(
+        report.contains("Usage of undefined variable '$NOPE'"),
+        "{report}"
+    );
+}

@@ -11,14 +11,13 @@ use super::engine::Engine;
 use super::progress::{self, ProgressMode};
 use super::{parse_key_value, Outcome};
 use crate::cache::export::{self, LayerCompression};
-use crate::cache::store::ImageStore;
 use crate::context::hashcache::CachingFileHasher;
 use crate::context::{BuildContext, ContextSource};
 use crate::executor::build::{Builder, Explain, NoCache};
 use crate::executor::explain::BuildRecord;
 use crate::executor::run_step::RunSettings;
 use crate::executor::ExecError;
-use crate::graph::dispatch::{dispatch, DispatchOptions, ImageSource, ResolvedImage};
+use crate::graph::dispatch::{dispatch, DispatchOptions};
 use crate::graph::{BuildOptions, GraphError, Platform};
 use crate::lint::{render, Problem};
 use crate::parser::{self, SourceLines, Span};
@@ -157,28 +156,6 @@ fn parse_output(spec: &str) -> anyhow::Result<Output> {
     })
 }
 
-/// Looks up FROM / `--from` images in the local store.
-struct LocalImages<'a>(&'a ImageStore);
-
-impl ImageSource for LocalImages<'_> {
-    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
-        let normalized = Reference::parse(reference)
-            .map(|r| r.with_default_tag().to_string())
-            .map_err(|e| format!("{reference}: {e}"))?;
-        match self.0.lookup(reference) {
-            Ok(img) => Ok(ResolvedImage {
-                reference: normalized,
-                manifest_digest: img.manifest_digest.clone(),
-                config: img.config,
-            }),
-            Err(crate::cache::store::StoreError::NotFound(_)) => Err(format!(
-                "image {normalized:?} is not in the local store (load it with `kiln load -i FILE`)"
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -297,7 +274,12 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     };
 
     let engine = Engine::open(root)?;
-    let plan = dispatch(&dockerfile, &opts, &LocalImages(&engine.store)).map_err(|e| match e {
+    let plan = dispatch(
+        &dockerfile,
+        &opts,
+        &super::engine::LocalImages(&engine.store),
+    )
+    .map_err(|e| match e {
         GraphError::Expansion { span, message } if span.start_line > 0 => {
             located(&file_name, &src, span, message)
         }

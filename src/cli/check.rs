@@ -66,7 +66,7 @@ fn read_dockerfile(path: &Path) -> anyhow::Result<String> {
     })
 }
 
-pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
+pub fn run(args: &CheckArgs, root: &Path) -> anyhow::Result<Outcome> {
     if !args.context.is_dir() && args.file.is_none() {
         anyhow::bail!(
             "unable to prepare context: path {:?} not found",
@@ -84,7 +84,20 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<Outcome> {
             opts.build_args.insert(k.clone(), v.clone());
         }
     }
-    let report = lint::check(&text, &opts);
+    // Base images in the local store tell their ENV (never create a store just to look).
+    let store = if root.join("refs.json").exists() {
+        crate::cache::store::ImageStore::open(root).ok()
+    } else {
+        None
+    };
+    let images = store.as_ref().map(super::engine::LocalImages);
+    let report = lint::check_with_images(
+        &text,
+        &opts,
+        images
+            .as_ref()
+            .map(|i| i as &dyn crate::graph::dispatch::ImageSource),
+    );
     let src = SourceLines::new(&text);
     let name = if path == Path::new("-") {
         "Dockerfile".to_string()

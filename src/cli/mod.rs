@@ -137,7 +137,7 @@ pub fn main() -> ExitCode {
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
     let engine = || engine::Engine::open(&cli.root);
     match &cli.command {
-        Command::Check(args) => check::run(args),
+        Command::Check(args) => check::run(args, &cli.root),
         Command::Build(args) => build::run(args, &cli.root),
         Command::Images(args) => images::images(args, &engine()?),
         Command::History(args) => images::history(args, &engine()?),

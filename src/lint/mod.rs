@@ -9,6 +9,7 @@ mod rules;
 
 use serde::Serialize;
 
+use crate::graph::dispatch::ImageSource;
 use crate::graph::BuildOptions;
 use crate::parser::{ast, stages, ParseError, SourceLines, Span};
 
@@ -78,6 +79,16 @@ impl Report {
 
 /// Parses and lints `text`. Never fails: every problem, fatal or not, is in the report.
 pub fn check(text: &str, opts: &BuildOptions) -> Report {
+    check_with_images(text, opts, None)
+}
+
+/// [`check`], with base images looked up (in the local store) so their ENV is known and
+/// `UndefinedVar` can be exact on stages built on them.
+pub fn check_with_images(
+    text: &str,
+    opts: &BuildOptions,
+    images: Option<&dyn ImageSource>,
+) -> Report {
     let src = SourceLines::new(text);
     let mut problems = Vec::new();
     let ast = match ast::parse(text) {
@@ -91,7 +102,7 @@ pub fn check(text: &str, opts: &BuildOptions) -> Report {
     let file = stages::build_collecting(&ast, &src, &mut errors);
     problems.extend(errors.iter().map(Problem::from_parse_error));
 
-    let mut lints = rules::run(&ast, &file, &src, opts);
+    let mut lints = rules::run(&ast, &file, &src, opts, images);
     let check = ast.directives.check.clone().unwrap_or_default();
     lints.retain(|p| !check.skips(&p.rule));
     if check.error {

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::graph::dispatch::ImageSource;
 use crate::graph::{BuildOptions, Scope};
 use crate::parser::ast::{Ast, Node};
 use crate::parser::instructions::{ArgDecl, CommandLine, Healthcheck, Instruction, Source};
@@ -26,6 +27,7 @@ pub(super) fn run(
     file: &Dockerfile,
     src: &SourceLines,
     opts: &BuildOptions,
+    images: Option<&dyn ImageSource>,
 ) -> Vec<Problem> {
     let mut out = Lints {
         src,
@@ -69,10 +71,22 @@ pub(super) fn run(
             .stage_ref(&base_name(stage, &global, &lexer), stage.index)
             .filter(|s| s.index < stage.index)
             .map(|s| s.index);
+        // A base image found locally tells its ENV: the stage's variables are then all known.
+        let image_env = match (base, images) {
+            (None, Some(images)) if !stage.base.eq_ignore_ascii_case("scratch") => images
+                .resolve(&base_name(stage, &global, &lexer))
+                .ok()
+                .map(|img| img.config.config.env.unwrap_or_default()),
+            _ => None,
+        };
         let state = out.stage_body(
             stage,
             file,
-            base.and_then(|i| finished.get(i)),
+            initial_state(
+                stage,
+                base.and_then(|i| finished.get(i)),
+                image_env.as_deref(),
+            ),
             &global,
             opts,
             &lexer,
@@ -88,6 +102,33 @@ struct StageState {
     scope: Scope,
     complete: bool,
     workdir_set: bool,
+}
+
+/// Where a stage's variable checking starts: the ENV of an earlier stage it builds on, of a
+/// base image found locally, or nothing (scratch: complete; an unknown image: incomplete).
+fn initial_state(
+    stage: &Stage,
+    parent: Option<&StageState>,
+    image_env: Option<&[String]>,
+) -> StageState {
+    let from_scratch = stage.base.eq_ignore_ascii_case("scratch");
+    match (parent, image_env) {
+        (Some(p), _) => {
+            let mut s = p.clone();
+            s.scope = Scope::for_stage(p.scope.env_list().iter().map(String::as_str));
+            s
+        }
+        (None, Some(env)) => StageState {
+            scope: Scope::for_stage(env.iter().map(String::as_str)),
+            complete: true,
+            workdir_set: false,
+        },
+        (None, None) => StageState {
+            scope: Scope::for_stage([]),
+            complete: from_scratch,
+            workdir_set: false,
+        },
+    }
 }
 
 fn base_name(stage: &Stage, global: &Scope, lexer: &Lexer) -> String {
@@ -385,24 +426,12 @@ impl Lints<'_> {
         &mut self,
         stage: &Stage,
         file: &Dockerfile,
-        parent: Option<&StageState>,
+        start: StageState,
         global: &Scope,
         opts: &BuildOptions,
         lexer: &Lexer,
     ) -> StageState {
-        let from_scratch = stage.base.eq_ignore_ascii_case("scratch");
-        let mut state = match parent {
-            Some(p) => {
-                let mut s = p.clone();
-                s.scope = Scope::for_stage(p.scope.env_list().iter().map(String::as_str));
-                s
-            }
-            None => StageState {
-                scope: Scope::for_stage([]),
-                complete: from_scratch,
-                workdir_set: false,
-            },
-        };
+        let mut state = start;
         let mut shell_changed = false;
         let mut last_of: BTreeMap<&str, Vec<Span>> = BTreeMap::new();
         for item in &stage.instructions {
