@@ -419,12 +419,12 @@ impl Builder<'_> {
             let label = format!("[{stage_name} {}/{total}] {shown}", n + 1);
             self.progress.started(step_id, &label);
             let started = Instant::now();
-            let step_key = match (&op.kind, &key) {
-                (OpKind::Metadata, _) => None,
+            let (step_key, files) = match (&op.kind, &key) {
+                (OpKind::Metadata, _) => (None, BTreeMap::new()),
                 (_, Some(parent)) => self
                     .step_key(parent, op, &stage_keys, context)
                     .map_err(|e| e.at(op.span, shown))?,
-                (_, None) => None,
+                (_, None) => (None, BTreeMap::new()),
             };
             let record = self.explain.as_ref().map(|_| StepRecord {
                 stage: stage_name.clone(),
@@ -445,20 +445,7 @@ impl Builder<'_> {
                     OpKind::Run { args, .. } => args.clone(),
                     _ => Vec::new(),
                 },
-                files: match &op.kind {
-                    OpKind::Copy(c) if matches!(c.from, CopyFrom::Context) => {
-                        let patterns: Vec<String> = c
-                            .sources
-                            .iter()
-                            .filter_map(|s| match s {
-                                CopySource::Path(p) => Some(p.clone()),
-                                _ => None,
-                            })
-                            .collect();
-                        context.file_digests(&patterns).unwrap_or_default()
-                    }
-                    _ => BTreeMap::new(),
-                },
+                files,
             });
             let cached = match (&step_key, self.cache, skip_cache) {
                 (Some(k), Some(cache), false) => {
@@ -537,7 +524,8 @@ impl Builder<'_> {
         })
     }
 
-    /// The cache key of a layer step: its expanded form plus the content of what it reads.
+    /// The cache key of a layer step: its expanded form plus the content of what it reads
+    /// (with the per-file digests of the context files it reads, for `--explain`). The key is
     /// `None` when the step cannot be cached (a download without `--checksum`).
     fn step_key(
         &self,
@@ -545,8 +533,9 @@ impl Builder<'_> {
         op: &Op,
         stage_keys: &dyn Fn(usize) -> Option<Digest>,
         context: &dyn SourceTree,
-    ) -> Result<Option<Digest>, ExecError> {
+    ) -> Result<(Option<Digest>, BTreeMap<String, String>), ExecError> {
         let mut inputs = Vec::new();
+        let mut files = BTreeMap::new();
         let mut from_repr = None;
         match &op.kind {
             OpKind::Copy(c) => {
@@ -555,13 +544,14 @@ impl Builder<'_> {
                 for s in &c.sources {
                     match s {
                         CopySource::Path(p) => patterns.push(p.clone()),
-                        CopySource::Url(_) if c.checksum.is_none() => return Ok(None),
+                        CopySource::Url(_) if c.checksum.is_none() => return Ok((None, files)),
                         _ => {}
                     }
                 }
                 if matches!(c.from, CopyFrom::Context) && !patterns.is_empty() {
-                    if let Some(d) = context.content_digest(&patterns)? {
-                        inputs.push(d.to_string());
+                    if let Some(content) = context.content(&patterns)? {
+                        inputs.push(content.digest.to_string());
+                        files = content.files;
                     }
                 }
             }
@@ -573,8 +563,8 @@ impl Builder<'_> {
                     match &m.from {
                         None => {
                             let src = m.source.clone().unwrap_or_else(|| ".".into());
-                            if let Some(d) = context.content_digest(&[src])? {
-                                inputs.push(d.to_string());
+                            if let Some(content) = context.content(&[src])? {
+                                inputs.push(content.digest.to_string());
                             }
                         }
                         Some(from) => inputs.push(format!("from {from}")),
@@ -583,11 +573,9 @@ impl Builder<'_> {
             }
             OpKind::Mkdir { .. } | OpKind::Metadata => {}
         }
-        Ok(cache_key::step_key(
-            parent,
-            op,
-            from_repr.as_deref(),
-            &inputs,
+        Ok((
+            cache_key::step_key(parent, op, from_repr.as_deref(), &inputs),
+            files,
         ))
     }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::fileop::SourceTree;
+use super::fileop::{SelectedContent, SourceTree};
 use super::ExecError;
 use crate::context::BuildContext;
 
@@ -90,25 +90,19 @@ impl SourceTree for ContextTree<'_> {
     /// Content (paths, types, modes, bytes) of every entry the patterns select, directories
     /// with everything below them; never mtimes. A pattern matching nothing adds nothing
     /// (the copy itself reports it).
-    fn content_digest(
-        &self,
-        patterns: &[String],
-    ) -> Result<Option<crate::cache::Digest>, ExecError> {
+    /// Content (paths, types, modes, bytes) of every entry the patterns select, directories
+    /// with everything below them; never mtimes. Selected and hashed once; the per-file
+    /// digests come from the same (incremental) hasher the aggregate uses.
+    fn content(&self, patterns: &[String]) -> Result<Option<SelectedContent>, ExecError> {
         let entries = self.selected(patterns)?;
-        self.context.digest_of(&entries).map(Some).map_err(ctx_err)
-    }
-
-    fn file_digests(
-        &self,
-        patterns: &[String],
-    ) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
-        let mut out = std::collections::BTreeMap::new();
-        for e in self.selected(patterns)? {
+        let mut files = std::collections::BTreeMap::new();
+        for e in &entries {
             if matches!(e.kind, crate::context::EntryKind::File) {
-                let d = self.hasher.hash_file(&e).map_err(ctx_err)?;
-                out.insert(e.rel.clone(), d.to_string());
+                let d = self.hasher.hash_file(e).map_err(ctx_err)?;
+                files.insert(e.rel.clone(), d.to_string());
             }
         }
-        Ok(out)
+        let digest = self.context.digest_of(&entries).map_err(ctx_err)?;
+        Ok(Some(SelectedContent { digest, files }))
     }
 }

@@ -39,20 +39,19 @@ pub trait SourceTree {
     fn preserve_owner(&self) -> bool;
     /// A name for error messages ("build context", "stage builder").
     fn describe(&self) -> String;
-    /// Per-file content digests of what the patterns select (for `--explain`).
-    fn file_digests(
-        &self,
-        _patterns: &[String],
-    ) -> Result<std::collections::BTreeMap<String, String>, ExecError> {
-        Ok(Default::default())
-    }
-    /// A digest of the content the patterns select (for cache keys), when the tree can say.
-    fn content_digest(
-        &self,
-        _patterns: &[String],
-    ) -> Result<Option<crate::cache::Digest>, ExecError> {
+    /// What the patterns select, for cache keys and `--explain`: one digest of it all and
+    /// each file's content digest. `None` when the tree cannot say (stages key by stage key).
+    fn content(&self, _patterns: &[String]) -> Result<Option<SelectedContent>, ExecError> {
         Ok(None)
     }
+}
+
+/// The content a COPY source selects (see [`SourceTree::content`]).
+#[derive(Debug, Clone)]
+pub struct SelectedContent {
+    pub digest: crate::cache::Digest,
+    /// Relative path → content digest, for files.
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// A stage's or image's root filesystem as a COPY source.
