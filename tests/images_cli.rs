@@ -370,3 +370,46 @@ fn builder_prune_drops_cache_only_data() {
     let out = k.ok(&["builder", "prune", "--all", "-f"]);
     assert!(out.contains("Deleted build cache objects: 1"), "{out}");
 }
+
+#[test]
+fn docker_output_with_zstd_loads_back() {
+    let k = Kiln::new();
+    let ctx = k.context(
+        "dockerout",
+        "FROM scratch\nCOPY a /a\n",
+        &[("a", "zstd me")],
+    );
+    let dest = k.work.path().join("img.tar");
+    let spec = format!("type=docker,dest={}", dest.display());
+    let id = k.build(
+        &ctx,
+        &["-t", "zimg:1", "--output", &spec, "--compression", "zstd"],
+    );
+    let other = Kiln::new();
+    let out = other.ok(&["load", "-i", dest.to_str().expect("utf8")]);
+    assert_eq!(out.trim(), "Loaded image: zimg:1");
+    let v = other.inspect("zimg:1");
+    assert_eq!(v["Id"], id.as_str());
+    assert!(v["Descriptor"]["digest"].is_string());
+    // Both layouts are there, and the layer blob is zstd (magic 28 b5 2f fd).
+    let mut archive = tar::Archive::new(std::fs::File::open(&dest).expect("open"));
+    let mut names = Vec::new();
+    let mut zstd_blobs = 0;
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").to_string_lossy().to_string();
+        let mut head = [0u8; 4];
+        if name.starts_with("blobs/sha256/")
+            && std::io::Read::read_exact(&mut entry, &mut head).is_ok()
+            && head == [0x28, 0xb5, 0x2f, 0xfd]
+        {
+            zstd_blobs += 1;
+        }
+        names.push(name);
+    }
+    assert!(
+        names.iter().any(|n| n == "manifest.json") && names.iter().any(|n| n == "index.json"),
+        "{names:?}"
+    );
+    assert_eq!(zstd_blobs, 1, "one zstd layer: {names:?}");
+}
