@@ -292,6 +292,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         args.progress
     };
     let progress = progress::display(mode);
+    let scratch = engine.tmp();
     let lease =
         crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
     let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
@@ -306,7 +307,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     let builder = Builder {
         store: &engine.store,
         snapshots: snapshots.as_ref(),
-        tmp: engine.tmp(),
+        tmp: scratch.clone(),
         progress: progress.as_ref(),
         lease: &lease,
         cache: Some(&cache),
@@ -388,6 +389,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         }
     }
     progress.finish();
+    let _ = std::fs::remove_dir_all(&scratch);
     if let Err(e) = cache.flush_uses() {
         tracing::warn!("could not record build cache use: {e}");
     }
