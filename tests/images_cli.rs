@@ -413,3 +413,27 @@ fn docker_output_with_zstd_loads_back() {
     );
     assert_eq!(zstd_blobs, 1, "one zstd layer: {names:?}");
 }
+
+#[test]
+fn dockerfile_from_stdin_with_a_context_dir() {
+    let k = Kiln::new();
+    let ctx = k.context("stdinfile", "FROM scratch\n", &[("a", "A")]);
+    let dest = k.work.path().join("stdinfile-out");
+    let spec = format!("type=local,dest={}", dest.display());
+    let mut cmd = kiln(k.root.path());
+    cmd.args([
+        "build",
+        "-q",
+        "-f",
+        "-",
+        "--output",
+        &spec,
+        ctx.to_str().expect("utf8"),
+    ]);
+    let out = run(cmd, Some("FROM scratch\nCOPY a /from-stdin\n"));
+    assert!(out.status.success(), "{}", crate::util::stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("from-stdin")).expect("file"),
+        "A"
+    );
+}

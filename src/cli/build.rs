@@ -235,10 +235,24 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         dockerfile_path
     };
     let mut text = String::new();
-    std::fs::File::open(&dockerfile_path)
-        .and_then(|mut f| f.read_to_string(&mut text))
-        .with_context(|| format!("cannot read Dockerfile {}", dockerfile_path.display()))?;
-    let file_name = dockerfile_path.display().to_string();
+    let from_stdin = args.file.as_deref() == Some(Path::new("-"));
+    if from_stdin {
+        if args.context == "-" {
+            bail!("the Dockerfile and the context cannot both come from standard input");
+        }
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the Dockerfile from standard input")?;
+    } else {
+        std::fs::File::open(&dockerfile_path)
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .with_context(|| format!("cannot read Dockerfile {}", dockerfile_path.display()))?;
+    }
+    let file_name = if from_stdin {
+        "Dockerfile".to_string()
+    } else {
+        dockerfile_path.display().to_string()
+    };
     let src = SourceLines::new(&text);
     let dockerfile =
         parser::parse(&text).map_err(|e| located(&file_name, &src, e.span(), e.to_string()))?;
