@@ -15,4 +15,5 @@ pub mod executor;
 pub mod graph;
 pub mod lint;
 pub mod parser;
+pub mod push;
 pub mod reference;
