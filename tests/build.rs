@@ -62,6 +62,12 @@ impl Kiln {
         self.ok(&args).trim().to_string()
     }
 
+    /// Builds `ctx`, which must fail; returns kiln's stderr.
+    pub fn build_fails(&self, ctx: &Path) -> String {
+        self.expect(&["build", ctx.to_str().expect("utf8")], false)
+            .1
+    }
+
     pub fn inspect(&self, image: &str) -> Value {
         let out = self.ok(&["image", "inspect", image]);
         let v: Value = serde_json::from_str(&out).expect("inspect JSON");
@@ -232,19 +238,19 @@ fn copy_errors_name_the_step() {
         "FROM scratch\nCOPY a.txt b.txt /notadir\n",
         &[("a.txt", "A"), ("b.txt", "B")],
     );
-    let (_, err) = k.expect(&["build", ctx.to_str().expect("utf8")], false);
+    let err = k.build_fails(&ctx);
     assert!(err.contains("Dockerfile:2:1: error: COPY a.txt b.txt /notadir: When using COPY with more than one source file, the destination must be a directory and end with a /"), "{err}");
     assert!(err.contains(" 2 | COPY a.txt b.txt /notadir"), "{err}");
 
     let ctx = k.context("missing", "FROM scratch\nCOPY nothere /x\n", &[]);
-    let (_, err) = k.expect(&["build", ctx.to_str().expect("utf8")], false);
+    let err = k.build_fails(&ctx);
     assert!(
         err.contains("\"nothere\": not found in the build context"),
         "{err}"
     );
 
     let ctx = k.context("noimage", "FROM nosuchimage\n", &[]);
-    let (_, err) = k.expect(&["build", ctx.to_str().expect("utf8")], false);
+    let err = k.build_fails(&ctx);
     assert!(
         err.contains("docker.io/library/nosuchimage:latest")
             && err.contains("not in the local store"),
@@ -363,7 +369,7 @@ fn chown_by_name_uses_the_stage_passwd() {
         &format!("FROM {base}\nCOPY --chown=nobody f /f\n"),
         &[("f", "x")],
     );
-    let (_, err) = k.expect(&["build", bad.to_str().expect("utf8")], false);
+    let err = k.build_fails(&bad);
     assert!(err.contains("unable to find user nobody"), "{err}");
 }
 
@@ -496,7 +502,7 @@ fn add_rejects_malicious_archives() {
         b.finish().expect("finish");
     }
     std::fs::write(ctx.join("evil.tar"), data).expect("write");
-    let (_, err) = k.expect(&["build", ctx.to_str().expect("utf8")], false);
+    let err = k.build_fails(&ctx);
     assert!(err.contains("evil.tar"), "{err}");
     assert!(
         !outside.exists(),
@@ -550,7 +556,7 @@ fn add_downloads_urls_with_checksum() {
         &format!("FROM scratch\nADD --checksum={sum} http://127.0.0.1:{port}/x /x\n"),
         &[],
     );
-    let (_, err) = k.expect(&["build", bad.to_str().expect("utf8")], false);
+    let err = k.build_fails(&bad);
     assert!(err.contains("checksum mismatch"), "{err}");
     let _ = server.join();
 }

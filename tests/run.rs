@@ -176,7 +176,7 @@ RUN --mount=type=ssh sh -c 'test -S "$SSH_AUTH_SOCK" && echo agent > /out/ssh'
         ),
         &[],
     );
-    let (_, err) = k.expect(&["build", bad.to_str().expect("utf8")], false);
+    let err = k.build_fails(&bad);
     assert!(err.contains("secret absent is required"), "{err}");
 }
 
@@ -209,7 +209,7 @@ fn network_modes_and_security() {
         &format!("FROM {base}\nRUN --security=insecure true\n"),
         &[],
     );
-    let (_, err) = k.expect(&["build", ctx.to_str().expect("utf8")], false);
+    let err = k.build_fails(&ctx);
     assert!(err.contains("--allow security.insecure"), "{err}");
     k.build(&ctx, &["--allow", "security.insecure"]);
 }
@@ -239,7 +239,7 @@ fn failures_quote_the_step_and_its_output() {
         &format!("FROM {base}\nRUN [\"/nope\"]\n"),
         &[],
     );
-    let (_, err) = k.expect(&["build", missing.to_str().expect("utf8")], false);
+    let err = k.build_fails(&missing);
     assert!(err.contains("/nope"), "{err}");
 }
 

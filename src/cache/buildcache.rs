@@ -70,13 +70,6 @@ pub struct BuildCache {
     used: std::sync::Arc<std::sync::Mutex<Vec<Digest>>>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl BuildCache {
     pub fn open(root: &Path) -> Result<BuildCache> {
         let dir = root.join("cache");
@@ -163,7 +156,7 @@ impl BuildCache {
 
     /// Records what a step produced.
     pub fn put(&self, key: &Digest, layer: Option<CachedLayer>, description: &str) -> Result<()> {
-        let t = now();
+        let t = super::image::unix_now();
         self.update(|entries| {
             entries.insert(
                 key.clone(),
@@ -182,7 +175,7 @@ impl BuildCache {
         if keys.is_empty() {
             return Ok(());
         }
-        let t = now();
+        let t = super::image::unix_now();
         self.update(|entries| {
             for k in keys {
                 if let Some(r) = entries.get_mut(k) {

@@ -169,7 +169,7 @@ impl Leases {
             name: name.to_string(),
             pid: i32::try_from(pid).unwrap_or(i32::MAX),
             pid_start: own_start_time(),
-            created: unix_now(),
+            created: super::image::unix_now(),
             digests: BTreeSet::new(),
         };
         let lease = Lease {
@@ -586,12 +586,6 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> GcE
         path: path.to_path_buf(),
         source,
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

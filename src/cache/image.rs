@@ -250,6 +250,13 @@ impl ImageConfig {
     }
 }
 
+/// The current time in unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// RFC 3339 UTC timestamp (`2024-01-02T03:04:05Z`) from unix seconds, as configs use.
 pub fn rfc3339(unix_seconds: i64) -> String {
     let days = unix_seconds.div_euclid(86_400);

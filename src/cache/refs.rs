@@ -25,7 +25,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +124,7 @@ impl RefStore {
         validate_name(name)?;
         let entry = RefEntry {
             digest: digest.clone(),
-            updated: unix_now(),
+            updated: super::image::unix_now(),
         };
         self.update(|refs| refs.insert(name.to_string(), entry))
     }
@@ -207,12 +206,6 @@ fn validate_name(name: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -156,13 +156,6 @@ fn parse_output(spec: &str) -> anyhow::Result<Output> {
     })
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// A build failure printed like `kiln check` does: file:line:col, source line, caret.
 fn located(file: &str, src: &SourceLines, span: Span, message: String) -> anyhow::Error {
     let text = render::problem_text(&Problem::error(span, "BuildError", message), file, src);
@@ -283,7 +276,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         build,
         target: args.target.clone(),
         labels,
-        now: now(),
+        now: crate::cache::image::unix_now(),
         source_date_epoch,
     };
 

@@ -110,16 +110,12 @@ fn created_secs(config: &ImageConfig) -> Option<i64> {
     config.created.as_deref().and_then(parse_rfc3339)
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn ago(config: &ImageConfig) -> String {
     match created_secs(config) {
-        Some(t) => format!("{} ago", human_duration(now() - t)),
+        Some(t) => format!(
+            "{} ago",
+            human_duration(crate::cache::image::unix_now() - t)
+        ),
         None => "N/A".into(),
     }
 }
@@ -297,7 +293,12 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             .created
             .as_deref()
             .and_then(parse_rfc3339)
-            .map(|t| format!("{} ago", human_duration(now() - t)))
+            .map(|t| {
+                format!(
+                    "{} ago",
+                    human_duration(crate::cache::image::unix_now() - t)
+                )
+            })
             .unwrap_or_else(|| "N/A".into());
         let by = h.created_by.clone().unwrap_or_default();
         let by = if args.no_trunc || by.chars().count() <= 45 {

@@ -410,7 +410,7 @@ impl Builder<'_> {
         let skip_cache = self.no_cache.applies(stage);
         for (n, op) in stage.ops.iter().enumerate() {
             if cancel.is_cancelled() {
-                return Err(ExecError::Copy(format!(
+                return Err(ExecError::Failed(format!(
                     "stage {stage_name} cancelled: another stage failed"
                 )));
             }
@@ -691,13 +691,13 @@ impl Builder<'_> {
         context: &dyn SourceTree,
     ) -> Result<bool, ExecError> {
         let excludes = crate::context::dockerignore::IgnoreMatcher::from_patterns(&c.excludes)
-            .map_err(|e| ExecError::Copy(e.to_string()))?;
+            .map_err(|e| ExecError::Failed(e.to_string()))?;
         let excluded =
             |rel: &str, is_dir: bool| !c.excludes.is_empty() && excludes.is_excluded(rel, is_dir);
         let extract = |archive: &Path, dest: &Path| -> Result<bool, ExecError> {
             crate::cache::archive::extract_archive(archive, dest)
                 .map(|_| true)
-                .map_err(|e| ExecError::Copy(format!("extracting {}: {e}", archive.display())))
+                .map_err(|e| ExecError::Failed(format!("extracting {}: {e}", archive.display())))
         };
         let env = CopyEnv {
             base: Some(base),

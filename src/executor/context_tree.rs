@@ -41,7 +41,7 @@ impl<'a> ContextTree<'a> {
 }
 
 fn ctx_err(e: crate::context::ContextError) -> ExecError {
-    ExecError::Copy(e.to_string())
+    ExecError::Failed(e.to_string())
 }
 
 impl SourceTree for ContextTree<'_> {

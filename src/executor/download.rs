@@ -16,7 +16,7 @@ pub fn add_urls(op: &CopyOp, env: &CopyEnv, tmp: &Path) -> Result<bool, ExecErro
     let mut names = Vec::new();
     for source in &op.sources {
         let CopySource::Url(url) = source else {
-            return Err(ExecError::Copy(
+            return Err(ExecError::Failed(
                 "ADD cannot mix URLs with other sources in one instruction; split it in two".into(),
             ));
         };
@@ -24,7 +24,7 @@ pub fn add_urls(op: &CopyOp, env: &CopyEnv, tmp: &Path) -> Result<bool, ExecErro
             || url.starts_with("git://")
             || url.contains(".git") && !url.starts_with("http")
         {
-            return Err(ExecError::Copy(format!(
+            return Err(ExecError::Failed(format!(
                 "ADD {url}: git sources are not supported yet"
             )));
         }
@@ -33,7 +33,7 @@ pub fn add_urls(op: &CopyOp, env: &CopyEnv, tmp: &Path) -> Result<bool, ExecErro
         let digest = download(url, &path)?;
         if let Some(expected) = &op.checksum {
             if expected != digest.as_str() {
-                return Err(ExecError::Copy(format!(
+                return Err(ExecError::Failed(format!(
                     "ADD {url}: checksum mismatch: expected {expected}, got {digest}"
                 )));
             }
@@ -101,13 +101,13 @@ fn download(url: &str, path: &Path) -> Result<crate::cache::Digest, ExecError> {
     let client = reqwest::blocking::Client::builder()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| ExecError::Copy(format!("ADD {url}: {e}")))?;
+        .map_err(|e| ExecError::Failed(format!("ADD {url}: {e}")))?;
     let mut resp = client
         .get(url)
         .send()
-        .map_err(|e| ExecError::Copy(format!("ADD {url}: {e}")))?;
+        .map_err(|e| ExecError::Failed(format!("ADD {url}: {e}")))?;
     if !resp.status().is_success() {
-        return Err(ExecError::Copy(format!(
+        return Err(ExecError::Failed(format!(
             "ADD {url}: the server answered {}",
             resp.status()
         )));
@@ -123,7 +123,7 @@ fn download(url: &str, path: &Path) -> Result<crate::cache::Digest, ExecError> {
     loop {
         let n = resp
             .read(&mut buf)
-            .map_err(|e| ExecError::Copy(format!("ADD {url}: reading the body: {e}")))?;
+            .map_err(|e| ExecError::Failed(format!("ADD {url}: reading the body: {e}")))?;
         if n == 0 {
             break;
         }

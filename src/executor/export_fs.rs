@@ -31,7 +31,7 @@ pub fn copy_tree(root: &Path, dest: &Path) -> Result<(), ExecError> {
     drop(archive);
     let produced = producer
         .join()
-        .map_err(|_| ExecError::Copy("the exporting thread panicked".into()))?;
+        .map_err(|_| ExecError::Failed("the exporting thread panicked".into()))?;
     produced.and(unpacked)
 }
 

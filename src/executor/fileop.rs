@@ -108,12 +108,12 @@ impl Chmod {
         if !s.is_empty() && s.chars().all(|c| c.is_digit(8)) {
             return u32::from_str_radix(s, 8)
                 .map(Chmod::Octal)
-                .map_err(|_| ExecError::Copy(format!("invalid --chmod value {s:?}")));
+                .map_err(|_| ExecError::Failed(format!("invalid --chmod value {s:?}")));
         }
         if crate::parser::instructions::valid_chmod(s) {
             Ok(Chmod::Symbolic(s.to_string()))
         } else {
-            Err(ExecError::Copy(format!(
+            Err(ExecError::Failed(format!(
                 "invalid --chmod value {s:?}: expected octal (0755) or symbolic (u+x)"
             )))
         }
@@ -208,7 +208,7 @@ pub fn copy(op: &CopyOp, tree: &dyn SourceTree, env: &CopyEnv) -> Result<bool, E
                 let pattern = clean_path(p).trim_start_matches('/').to_string();
                 let found = tree.matches(&pattern)?;
                 if found.is_empty() {
-                    return Err(ExecError::Copy(if has_wildcards(&pattern) {
+                    return Err(ExecError::Failed(if has_wildcards(&pattern) {
                         format!(
                             "no source files were specified: {p:?} matches nothing in the {}",
                             tree.describe()
@@ -228,7 +228,7 @@ pub fn copy(op: &CopyOp, tree: &dyn SourceTree, env: &CopyEnv) -> Result<bool, E
                 items.push((name.clone(), true, String::new()));
             }
             CopySource::Url(u) => {
-                return Err(ExecError::Copy(format!(
+                return Err(ExecError::Failed(format!(
                     "ADD {u}: remote sources are handled by the downloader, not here"
                 )));
             }
@@ -242,7 +242,7 @@ pub fn copy(op: &CopyOp, tree: &dyn SourceTree, env: &CopyEnv) -> Result<bool, E
         .map(|b| b.join(dest_resolved.trim_start_matches('/')).is_dir())
         .unwrap_or(false);
     if items.len() > 1 && !dest_is_dir_syntax && !dest_exists_as_dir {
-        return Err(ExecError::Copy(format!(
+        return Err(ExecError::Failed(format!(
             "When using {} with more than one source file, the destination must be a directory and end with a / (got {:?})",
             if op.is_add { "ADD" } else { "COPY" },
             op.dest
@@ -443,7 +443,7 @@ impl Writer<'_> {
             });
             if let Some(m) = &base_meta {
                 if !m.is_dir() {
-                    return Err(ExecError::Copy(format!(
+                    return Err(ExecError::Failed(format!(
                         "cannot copy to {clean}: {sofar} is not a directory in the image"
                     )));
                 }
@@ -451,7 +451,7 @@ impl Writer<'_> {
             match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
-                    return Err(ExecError::Copy(format!(
+                    return Err(ExecError::Failed(format!(
                         "cannot copy to {clean}: {sofar} is not a directory"
                     )))
                 }
@@ -536,7 +536,7 @@ impl Writer<'_> {
             } else if ft.is_fifo_like() {
                 SFlag::S_IFIFO
             } else {
-                return Err(ExecError::Copy(format!(
+                return Err(ExecError::Failed(format!(
                     "cannot copy {}: sockets are not copied",
                     host.display()
                 )));

@@ -30,8 +30,9 @@ pub enum ExecError {
     Path { path: String, message: String },
     #[error("invalid user {spec:?}: {message}")]
     User { spec: String, message: String },
+    /// A step could not do its work (a missing source, a failed command, a bad mount…).
     #[error("{0}")]
-    Copy(String),
+    Failed(String),
     #[error("{0}")]
     Store(String),
     /// A step failed: carries its location and the instruction.

@@ -112,7 +112,7 @@ fn prepare_mounts(
                 let target = m
                     .target
                     .clone()
-                    .ok_or_else(|| ExecError::Copy("bind mount requires a target".into()))?;
+                    .ok_or_else(|| ExecError::Failed("bind mount requires a target".into()))?;
                 let source = m.source.clone().unwrap_or_else(|| ".".into());
                 let host = match &m.from {
                     None => (sources.context)(&source)?,
@@ -124,7 +124,7 @@ fn prepare_mounts(
                     }
                 };
                 if !host.exists() {
-                    return Err(ExecError::Copy(format!(
+                    return Err(ExecError::Failed(format!(
                         "--mount source {source:?} not found"
                     )));
                 }
@@ -149,7 +149,7 @@ fn prepare_mounts(
                 let target = m
                     .target
                     .clone()
-                    .ok_or_else(|| ExecError::Copy("cache mount requires a target".into()))?;
+                    .ok_or_else(|| ExecError::Failed("cache mount requires a target".into()))?;
                 let id = m.id.clone().unwrap_or_else(|| target.clone());
                 let name = crate::cache::Digest::of(id.as_bytes()).hex()[..32].to_string();
                 std::fs::create_dir_all(&sources.cache_dir)
@@ -212,7 +212,7 @@ fn prepare_mounts(
                 let target = m
                     .target
                     .clone()
-                    .ok_or_else(|| ExecError::Copy("tmpfs mount requires a target".into()))?;
+                    .ok_or_else(|| ExecError::Failed("tmpfs mount requires a target".into()))?;
                 out.push(SandboxMount::Tmpfs {
                     target,
                     size: m.size,
@@ -238,7 +238,7 @@ fn prepare_mounts(
                 };
                 let Some(value) = value else {
                     if m.required {
-                        return Err(ExecError::Copy(format!(
+                        return Err(ExecError::Failed(format!(
                             "secret {id} is required but was not provided (use --secret id={id},src=FILE)"
                         )));
                     }
@@ -274,7 +274,7 @@ fn prepare_mounts(
                 let id = m.id.clone().unwrap_or_else(|| "default".into());
                 let Some(socket) = settings.ssh.get(&id) else {
                     if m.required {
-                        return Err(ExecError::Copy(format!(
+                        return Err(ExecError::Failed(format!(
                             "ssh agent {id} is required but was not provided (use --ssh {id}=SOCKET)"
                         )));
                     }
@@ -334,7 +334,7 @@ pub fn run(
     log: &mut dyn FnMut(&str),
 ) -> Result<Vec<String>, ExecError> {
     if req.security == "insecure" && !settings.allow_insecure {
-        return Err(ExecError::Copy(
+        return Err(ExecError::Failed(
             "RUN --security=insecure is not allowed: pass --allow security.insecure to the build"
                 .into(),
         ));
@@ -403,7 +403,7 @@ pub fn run(
         }
     };
     let outcome = sandbox::run_with_cancel(&config, &mut on_output, cancel)
-        .map_err(|e| ExecError::Copy(e.to_string()))?;
+        .map_err(|e| ExecError::Failed(e.to_string()))?;
     for rest in partial.iter().filter(|p| !p.is_empty()) {
         log(rest);
         tail.push_back(rest.clone());
@@ -426,7 +426,7 @@ pub fn run(
                 message.push_str(l);
             }
         }
-        return Err(ExecError::Copy(message));
+        return Err(ExecError::Failed(message));
     }
     Ok(outcome.created_mountpoints)
 }
