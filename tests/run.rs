@@ -353,3 +353,16 @@ fn a_failing_stage_cancels_the_others_cleanly() {
         "no mount under the kiln root survives:\n{mounts}"
     );
 }
+
+#[test]
+fn a_stage_used_only_by_a_mount_is_built() {
+    let k = Kiln::new();
+    let base = k.busybox();
+    let ctx = k.context(
+        "mountfrom",
+        &format!("FROM scratch AS assets\nCOPY data.txt /data.txt\nFROM {base}\nRUN --mount=type=bind,from=assets,target=/assets cat /assets/data.txt > /copied\n"),
+        &[("data.txt", "from a mounted stage\n")],
+    );
+    let out = k.files(&ctx, &[]);
+    assert_eq!(read(&out.join("copied")), "from a mounted stage\n");
+}

@@ -113,17 +113,7 @@ pub struct Builder<'a> {
 /// For every stage of the plan, the stages it needs first: its base, `COPY --from` and
 /// `RUN --mount from=` sources.
 fn stage_dependencies(plan: &Plan) -> BTreeMap<usize, Vec<usize>> {
-    let by_name = |name: &str| {
-        plan.stages
-            .iter()
-            .find(|s| {
-                s.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
-                    || name.parse::<usize>().ok() == Some(s.index)
-            })
-            .map(|s| s.index)
-    };
+    let by_name = |name: &str| plan.stage_named(name).map(|s| s.index);
     plan.stages
         .iter()
         .map(|s| {
@@ -743,13 +733,7 @@ impl Builder<'_> {
         name: &str,
         results: &BTreeMap<usize, StageResult>,
     ) -> Result<View, ExecError> {
-        let stage = plan.stages.iter().find(|s| {
-            s.name
-                .as_deref()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-                || name.parse::<usize>().ok() == Some(s.index)
-        });
-        if let Some(s) = stage {
+        if let Some(s) = plan.stage_named(name) {
             let r = results.get(&s.index).ok_or_else(|| {
                 ExecError::Store(format!("stage {name} was not built before it was mounted"))
             })?;

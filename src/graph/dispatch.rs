@@ -150,6 +150,16 @@ impl Plan {
     pub fn stage(&self, index: usize) -> Option<&StagePlan> {
         self.stages.iter().find(|s| s.index == index)
     }
+
+    /// The planned stage a `from=` reference names: by name (case-insensitive) or index.
+    pub fn stage_named(&self, reference: &str) -> Option<&StagePlan> {
+        self.stages.iter().find(|s| {
+            s.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(reference))
+                || reference.parse::<usize>().ok() == Some(s.index)
+        })
+    }
 }
 
 /// Inputs of a dispatch besides the Dockerfile.
@@ -677,6 +687,14 @@ impl Dispatcher<'_> {
                     };
                     let mount = parse_mount(spec, Some(&expand))
                         .map_err(|m| err(span, format!("--mount={spec}: {m}")))?;
+                    // A stage mounted with `from=` must be built first, like `COPY --from`.
+                    if let Some(i) = mount
+                        .from
+                        .as_deref()
+                        .and_then(|f| self.stage_ref(f, stage.index, true))
+                    {
+                        self.plan_stage(i)?;
+                    }
                     parsed_mounts.push(mount);
                     mounts.push(spec.clone());
                 }
