@@ -20,6 +20,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::libc;
+use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -171,6 +172,15 @@ pub fn child_main(args: &[String]) -> ! {
                 reporter.fail(Failure::step("unblock signals", e));
             }
             drop(lifeline_w);
+            if spec.run.tty {
+                if let Err(e) = nix::unistd::setsid() {
+                    reporter.fail(Failure::step("setsid", e));
+                }
+                // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the pty slave.
+                if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+                    reporter.fail(Failure::step("set the controlling terminal", Errno::last()));
+                }
+            }
             let mut report = |r: &Report| reporter.send(r);
             let result = container_init(&sys, &spec, host_caps, &mut report, || {
                 helper_alive(lifeline_r.as_raw_fd())
@@ -183,6 +193,13 @@ pub fn child_main(args: &[String]) -> ! {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(lifeline_r);
+            reporter.send(&Report::Started {
+                pid: child.as_raw(),
+            });
+            if let Some(fd) = spec.run.exec_fd {
+                // Only the container process keeps it, until its execve.
+                let _ = nix::unistd::close(fd);
+            }
             let (code, signal) = wait_for(child, &signals);
             reporter.send(&Report::Exited { code, signal });
             drop(lifeline_w);
@@ -236,6 +253,30 @@ fn wait_for(child: Pid, signals: &SigSet) -> (i32, Option<i32>) {
 /// The helper's own step: new mount, UTS, IPC and pid namespaces, and a network namespace
 /// unless the host's is shared.
 pub fn helper_setup(sys: &dyn Syscall, spec: &ChildSpec) -> Result<(), Failure> {
+    if let Some(pid) = spec.run.join_pid {
+        // `exec`: into the container's cgroups first (the host paths vanish with its mount
+        // namespace), then its namespaces, the mount namespace last.
+        for procs in &spec.run.cgroup_procs {
+            sys.write_file(procs, "0")
+                .map_err(|e| Failure::step(format!("join cgroup {}", procs.display()), e))?;
+        }
+        for (ns, flag) in [
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
+            let path = format!("/proc/{pid}/ns/{ns}");
+            sys.setns(Path::new(&path), flag)
+                .map_err(|e| Failure::step(format!("join {path}"), e))?;
+        }
+        return Ok(());
+    }
+    if let SandboxNetwork::Join(path) = &spec.network {
+        sys.setns(path, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Failure::step(format!("join network namespace {}", path.display()), e))?;
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -261,11 +302,21 @@ pub fn container_init(
     if !helper_alive() {
         return Err(Failure::invalid("the sandbox helper is gone"));
     }
+    if spec.run.join_pid.is_some() {
+        let command = resolve_command(Path::new("/"), spec)?;
+        sys.chdir(Path::new(&spec.cwd))
+            .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
+        return secure_and_exec(sys, spec, host, &command);
+    }
+    for procs in &spec.run.cgroup_procs {
+        sys.write_file(procs, "0")
+            .map_err(|e| Failure::step(format!("join cgroup {}", procs.display()), e))?;
+    }
     sys.umask(0);
 
     let root = spec.rootfs.as_path();
     let mut setup = RootfsSetup::new(sys, root, report);
-    setup.prepare_root()?;
+    setup.prepare_root(spec.run.overlay.as_deref())?;
     setup.ensure(&spec.cwd, Kind::Dir, Some((spec.uid, spec.gid)))?;
     setup.mount_proc()?;
     setup.mount_dev(spec.insecure)?;
@@ -278,12 +329,37 @@ pub fn container_init(
     if !spec.insecure {
         mounts::mask_paths(sys)?;
     }
+    if spec.run.readonly_rootfs {
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )
+        .map_err(|e| Failure::step("remount the root read-only", e))?;
+    }
     sys.sethostname(&spec.hostname)
         .map_err(|e| Failure::step("set the hostname", e))?;
     sys.chdir(Path::new(&spec.cwd))
         .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
+    secure_and_exec(sys, spec, host, &command)
+}
 
-    let plan = CapPlan::new(spec.insecure, spec.uid, host.bounding);
+/// Bounding set, seccomp, user switch, capabilities, then `execve` (through a tiny init
+/// when `--init`).
+fn secure_and_exec(
+    sys: &dyn Syscall,
+    spec: &ChildSpec,
+    host: HostCaps,
+    command: &str,
+) -> Result<(), Failure> {
+    let plan = CapPlan::new(spec.insecure, spec.uid, host.bounding).adjusted(
+        spec.run.cap_add,
+        spec.run.cap_drop,
+        host.bounding,
+        spec.uid,
+    );
     for cap in plan.to_drop(host.last_cap) {
         match sys.capbset_drop(cap) {
             Ok(()) | Err(Errno::EINVAL) => {}
@@ -316,7 +392,7 @@ pub fn container_init(
     let to_c = |s: &str| {
         CString::new(s).map_err(|_| Failure::invalid(format!("{s:?} contains a NUL byte")))
     };
-    let path = to_c(&command)?;
+    let path = to_c(command)?;
     let args = spec
         .args
         .iter()
@@ -327,11 +403,79 @@ pub fn container_init(
         .iter()
         .map(|a| to_c(a))
         .collect::<Result<Vec<_>, _>>()?;
-    sys.execve(&path, &args, &env).map_err(|e| Failure::Exec {
-        path: command.clone(),
-        errno: e as i32,
-        exists: true,
-    })
+    let exec = || {
+        sys.execve(&path, &args, &env).map_err(|e| Failure::Exec {
+            path: command.to_string(),
+            errno: e as i32,
+            exists: true,
+        })
+    };
+    if spec.run.init {
+        return init_then_exec(spec.run.exec_fd, exec);
+    }
+    exec()
+}
+
+/// `--init`: this process stays PID 1, forks the command and reaps every zombie the
+/// namespace hands it, forwarding signals to the command; it exits with the command's status.
+fn init_then_exec(
+    exec_fd: Option<i32>,
+    exec: impl FnOnce() -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut signals = SigSet::all();
+    for s in [
+        Signal::SIGKILL,
+        Signal::SIGSTOP,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGTSTP,
+    ] {
+        signals.remove(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Failure::step("block signals", e))?;
+    // SAFETY: the sandbox's processes are single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(Failure::step("fork the command", e)),
+        Ok(ForkResult::Child) => {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(|e| Failure::step("unblock signals", e))?;
+            exec()
+        }
+        Ok(ForkResult::Parent { child }) => {
+            if let Some(fd) = exec_fd {
+                let _ = nix::unistd::close(fd);
+            }
+            let status = loop {
+                let signal = signals.wait().unwrap_or(Signal::SIGCHLD);
+                if signal != Signal::SIGCHLD {
+                    let _ = nix::sys::signal::kill(child, signal);
+                    continue;
+                }
+                let mut done = None;
+                loop {
+                    match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(pid, code)) if pid == child => done = Some(code),
+                        Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                            done = Some(128 + sig as i32)
+                        }
+                        Ok(WaitStatus::StillAlive) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                if let Some(code) = done {
+                    break code;
+                }
+            };
+            std::process::exit(status)
+        }
+    }
 }
 
 /// Groups, gid, uid, then the capability sets (the uid switch clears the parent-death signal,
@@ -416,7 +560,6 @@ mod tests {
     use super::super::syscall::{Call, RecordingSyscall};
     use super::super::SandboxMount;
     use super::*;
-    use nix::mount::MsFlags;
     use std::os::unix::fs::PermissionsExt;
 
     fn rootfs() -> tempfile::TempDir {
@@ -459,6 +602,7 @@ mod tests {
             insecure: false,
             no_new_privileges: false,
             parent_pid: 1,
+            run: Default::default(),
         }
     }
 
@@ -471,6 +615,8 @@ mod tests {
     fn show(call: &Call, root: &str) -> String {
         let r = |p: &str| p.replace(root, "$ROOT");
         match call {
+            Call::Setns(p, _) => format!("setns {p}"),
+            Call::WriteFile(p, d) => format!("write {p} {d}"),
             Call::Unshare(f) => {
                 let names: Vec<&str> = f.iter_names().map(|(n, _)| n).collect();
                 format!("unshare {}", names.join("|"))

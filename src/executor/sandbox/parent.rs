@@ -2,7 +2,7 @@
 //! helper (`std::process::Command`, never a bare fork), pumps its output and reports, handles
 //! cancellation, and turns reports into a [`SandboxOutcome`] or a [`SandboxError`].
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -16,7 +16,7 @@ use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::spec::{ChildSpec, EtcFile, Failure, Report};
+use super::spec::{ChildSpec, EtcFile, Failure, Report, RunSpec};
 use super::{
     CancelToken, Result, SandboxConfig, SandboxError, SandboxMount, SandboxOutcome, Stream,
     EXE_ENV, HELPER_ARG,
@@ -162,12 +162,23 @@ pub(super) fn build_spec(config: &SandboxConfig, dir: &Path, parent_pid: i32) ->
         gid: config.gid,
         additional_gids: config.additional_gids.clone(),
         hostname: config.hostname.clone(),
-        network: config.network,
+        network: config.network.clone(),
         mounts,
         etc_files,
         insecure: config.insecure,
         no_new_privileges: config.no_new_privileges && !config.insecure,
         parent_pid,
+        run: RunSpec {
+            overlay: config.container.overlay.clone(),
+            readonly_rootfs: config.container.readonly_rootfs,
+            cap_add: config.container.cap_add,
+            cap_drop: config.container.cap_drop,
+            cgroup_procs: config.container.cgroup_procs.clone(),
+            init: config.container.init,
+            tty: config.container.tty.is_some(),
+            join_pid: config.container.join_pid,
+            exec_fd: None,
+        },
     })
 }
 
@@ -226,6 +237,9 @@ enum Event {
     Output(Stream, Vec<u8>),
     Report(Report),
     Garbled(String),
+    /// The container process exec'd its command (or died trying: its failure report, if
+    /// any, came before this).
+    Execed,
     Closed,
 }
 
@@ -246,18 +260,88 @@ fn pump_output(mut pipe: impl Read, stream: Stream, tx: mpsc::Sender<Event>) {
     let _ = tx.send(Event::Closed);
 }
 
-fn pump_reports(pipe: std::fs::File, tx: mpsc::Sender<Event>) {
-    for line in BufReader::new(pipe).split(b'\n') {
-        let Ok(line) = line else { break };
+fn send_lines(buf: &mut Vec<u8>, tx: &mpsc::Sender<Event>) -> bool {
+    while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=end).collect();
+        let line = &line[..line.len() - 1];
         if line.is_empty() {
             continue;
         }
-        let event = match serde_json::from_slice::<Report>(&line) {
+        let event = match serde_json::from_slice::<Report>(line) {
             Ok(r) => Event::Report(r),
-            Err(_) => Event::Garbled(String::from_utf8_lossy(&line).into_owned()),
+            Err(_) => Event::Garbled(String::from_utf8_lossy(line).into_owned()),
         };
         if tx.send(event).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn poll_in(fds: &mut [libc::pollfd], timeout: i32) -> i32 {
+    // SAFETY: `fds` is a valid slice of pollfd for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) }
+}
+
+/// Reads report lines, and watches the exec-sync pipe: on its EOF, whatever the container
+/// process reported before it exec'd (or died) is already in the report pipe, so that is
+/// drained first and `Execed` follows, in order.
+fn pump_reports(mut pipe: std::fs::File, mut exec: Option<std::fs::File>, tx: mpsc::Sender<Event>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    'outer: loop {
+        let mut fds = vec![libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(e) = &exec {
+            fds.push(libc::pollfd {
+                fd: e.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if poll_in(&mut fds, -1) < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
             break;
+        }
+        if fds.len() > 1 && fds[1].revents != 0 {
+            // Nothing is ever written there: readable means EOF.
+            exec = None;
+            loop {
+                let mut one = [libc::pollfd {
+                    fd: pipe.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                if poll_in(&mut one, 0) <= 0 || one[0].revents & libc::POLLIN == 0 {
+                    break;
+                }
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if !send_lines(&mut buf, &tx) || tx.send(Event::Execed).is_err() {
+                break 'outer;
+            }
+            continue;
+        }
+        if fds[0].revents != 0 {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if !send_lines(&mut buf, &tx) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
         }
     }
     let _ = tx.send(Event::Closed);
@@ -292,6 +376,7 @@ fn above_stdio(fd: OwnedFd) -> Result<OwnedFd> {
 pub(super) fn run(
     config: &SandboxConfig,
     on_output: &mut dyn FnMut(Stream, &[u8]),
+    on_started: &mut dyn FnMut(i32),
     cancel: &CancelToken,
 ) -> Result<SandboxOutcome> {
     if cancel.is_cancelled() {
@@ -303,7 +388,12 @@ pub(super) fn run(
         .prefix("kiln-sandbox-")
         .tempdir_in(&tmp)
         .map_err(io_error(&tmp))?;
-    let spec = build_spec(config, dir.path(), std::process::id() as i32)?;
+    let mut spec = build_spec(config, dir.path(), std::process::id() as i32)?;
+    let (exec_r, exec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_error(Path::new("exec-sync pipe"))(e.into()))?;
+    let exec_w = above_stdio(exec_w)?;
+    let exec_fd = exec_w.as_raw_fd();
+    spec.run.exec_fd = Some(exec_fd);
     let spec_path = dir.path().join("config.json");
     let json = serde_json::to_vec(&spec).map_err(|e| config_error(e.to_string()))?;
     {
@@ -322,9 +412,15 @@ pub(super) fn run(
         .map_err(|e| io_error(Path::new("report pipe"))(e.into()))?;
     let report_w = above_stdio(report_w)?;
     let report_fd = report_w.as_raw_fd();
-    let stdin = match &config.stdin {
-        Some(f) => Stdio::from(f.try_clone().map_err(io_error(Path::new("stdin")))?),
-        None => Stdio::null(),
+    let clone = |f: &std::fs::File, what: &str| -> Result<Stdio> {
+        Ok(Stdio::from(
+            f.try_clone().map_err(io_error(Path::new(what)))?,
+        ))
+    };
+    let (stdin, stdout, stderr) = match (&config.container.tty, &config.stdin) {
+        (Some(tty), _) => (clone(tty, "tty")?, clone(tty, "tty")?, clone(tty, "tty")?),
+        (None, Some(f)) => (clone(f, "stdin")?, Stdio::piped(), Stdio::piped()),
+        (None, None) => (Stdio::null(), Stdio::piped(), Stdio::piped()),
     };
     let mut command = Command::new(&exe);
     command
@@ -333,14 +429,16 @@ pub(super) fn run(
         .arg(&spec_path)
         .env_clear()
         .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(stdout)
+        .stderr(stderr);
     // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches
     // only the inherited report fd, which keeps its number (no dup2 that could clobber a
     // descriptor the spawn set up).
     unsafe {
         command.pre_exec(move || {
-            if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0 {
+            if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0
+                || libc::fcntl(exec_fd, libc::F_SETFD, 0) < 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -352,6 +450,7 @@ pub(super) fn run(
         source,
     })?;
     drop(report_w);
+    drop(exec_w);
     drop(command);
     let helper_pid = Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
@@ -371,7 +470,10 @@ pub(super) fn run(
     {
         let tx = tx.clone();
         let reports = std::fs::File::from(report_r);
-        threads.push(std::thread::spawn(move || pump_reports(reports, tx)));
+        let exec = std::fs::File::from(exec_r);
+        threads.push(std::thread::spawn(move || {
+            pump_reports(reports, Some(exec), tx)
+        }));
     }
     drop(tx);
     let mut running = Running { child: Some(child) };
@@ -382,10 +484,17 @@ pub(super) fn run(
     let mut failure = None;
     let mut exited = None;
     let mut garbled = Vec::new();
+    let mut started = None;
     while open > 0 {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
             Ok(Event::Report(Report::Created { path })) => created.push(path),
+            Ok(Event::Report(Report::Started { pid })) => started = Some(pid),
+            Ok(Event::Execed) => {
+                if let (Some(pid), None) = (started, &failure) {
+                    on_started(pid);
+                }
+            }
             Ok(Event::Report(Report::Failed { failure: f })) => failure = Some(f),
             Ok(Event::Report(Report::Exited { code, signal })) => exited = Some((code, signal)),
             Ok(Event::Garbled(line)) => garbled.push(line),
@@ -493,6 +602,7 @@ mod tests {
             additional_gids: vec![],
             hostname: "box".into(),
             network: SandboxNetwork::Host,
+            container: Default::default(),
             mounts: vec![
                 SandboxMount::Bind {
                     source: root.to_path_buf(),
@@ -671,7 +781,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let token = CancelToken::new();
         token.cancel();
-        let r = run(&config(root.path()), &mut |_, _| {}, &token);
+        let r = run(&config(root.path()), &mut |_, _| {}, &mut |_| {}, &token);
         assert!(matches!(r, Err(SandboxError::Cancelled)));
     }
 }
