@@ -157,7 +157,7 @@ impl CapPlan {
         if add == 0 && drop == 0 {
             return self;
         }
-        let caps = (self.bounding | add) & !drop & available;
+        let caps = ((self.bounding & !drop) | add) & available;
         let granted = if uid == 0 { caps } else { 0 };
         self.bounding = caps;
         self.sets.effective = granted;
@@ -293,6 +293,23 @@ mod tests {
         // A host that withholds a default capability cannot hand it out.
         let limited = CapPlan::new(false, 0, all & !(1 << CAP_NET_RAW));
         assert_eq!(limited.bounding & (1 << CAP_NET_RAW), 0);
+    }
+
+    #[test]
+    fn cap_add_and_drop() {
+        let all = 0x1ff_ffff_ffff;
+        let net_admin = parse_cap("NET_ADMIN").unwrap();
+        assert_eq!(net_admin, 1 << 12);
+        assert_eq!(parse_cap("cap_chown"), Some(1));
+        assert_eq!(parse_cap("nope"), None);
+        let only = CapPlan::new(false, 0, all).adjusted(net_admin, u64::MAX, all, 0);
+        assert_eq!(only.bounding, net_admin);
+        assert_eq!(only.sets.effective, net_admin);
+        let everything = CapPlan::new(false, 0, all).adjusted(u64::MAX, 0, all, 0);
+        assert_eq!(everything.bounding, all);
+        let no_chown = CapPlan::new(false, 1000, all).adjusted(0, 1, all, 1000);
+        assert_eq!(no_chown.bounding, default_mask() & !1);
+        assert_eq!(no_chown.sets.permitted, 0);
     }
 
     #[test]
