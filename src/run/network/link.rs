@@ -360,9 +360,9 @@ pub(crate) fn attach(a: &Attach) -> Result<String, NetworkError> {
         })?;
 
     let veth_msg = || {
+        // Not up at creation: the kernel opens the peer before linking the pair, and a veth
+        // without its peer refuses to open (ENOTCONN). It is set up from inside below.
         let mut peer = LinkMessage::default();
-        peer.header.flags = LinkFlags::Up;
-        peer.header.change_mask = LinkFlags::Up;
         peer.attributes
             .push(LinkAttribute::IfName(interface.clone()));
         peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));

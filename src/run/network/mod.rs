@@ -19,6 +19,7 @@ mod firewall;
 mod ipam;
 mod link;
 pub mod netns;
+mod orphans;
 mod ports;
 mod resolv;
 mod state;
@@ -215,7 +216,7 @@ impl Networks {
             last_ip: None,
         };
         // Bridge, address and firewall rules now (as docker does), so a bad subnet fails here.
-        setup_bridge(&mut info, &all)?;
+        setup_bridge(&self.dir, &mut info, &all)?;
         if let Err(e) = state::save(&self.dir, &info) {
             let _ = teardown_bridge(&info);
             return Err(e);
@@ -302,7 +303,7 @@ impl Networks {
             }
         }
         let had_subnet = info.subnet.is_some();
-        let set_up = ensure_bridge(&mut info, &others)?;
+        let set_up = ensure_bridge(&self.dir, &mut info, &others)?;
         if set_up && !had_subnet {
             state::save(&self.dir, &info)?;
         }
@@ -466,7 +467,29 @@ impl Networks {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Endpoints of every network `container_id` is on: used by the DNS server.
+    /// Removes everything this root has in the kernel (every endpoint's veth and port rules,
+    /// every bridge including the default one, their iptables rules) and the network state.
+    /// For `kiln system reset`-like cleanup and tests; the predefined networks come back on
+    /// the next [`Networks::open`].
+    pub fn teardown(&self) -> Result<(), NetworkError> {
+        let _lock = self.lock()?;
+        for info in state::load_all(&self.dir)? {
+            for record in info.endpoints.values() {
+                release_endpoint(&info, record)?;
+            }
+            teardown_bridge(&info)?;
+            state::delete(&self.dir, &info.id)?;
+        }
+        let marker = self.dir.join(".predefined");
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(NetworkError::io("cannot remove", &marker, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The state directory (the DNS server reads it on every query).
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
@@ -487,17 +510,25 @@ fn release_endpoint(info: &NetworkInfo, record: &EndpointRecord) -> Result<(), N
 
 /// Makes sure the network's bridge exists (after a reboot, or the default bridge's first
 /// use). Returns whether it had to be set up.
-fn ensure_bridge(info: &mut NetworkInfo, others: &[NetworkInfo]) -> Result<bool, NetworkError> {
+fn ensure_bridge(
+    dir: &Path,
+    info: &mut NetworkInfo,
+    others: &[NetworkInfo],
+) -> Result<bool, NetworkError> {
     let name = info.bridge.clone().unwrap_or_default();
     if info.subnet.is_some() && link::exists(&name)? {
         return Ok(false);
     }
-    setup_bridge(info, others)?;
+    setup_bridge(dir, info, others)?;
     Ok(true)
 }
 
 /// Subnet (from the pool unless given), bridge with the gateway address, firewall rules.
-fn setup_bridge(info: &mut NetworkInfo, others: &[NetworkInfo]) -> Result<(), NetworkError> {
+fn setup_bridge(
+    dir: &Path,
+    info: &mut NetworkInfo,
+    others: &[NetworkInfo],
+) -> Result<(), NetworkError> {
     let bridge = info
         .bridge
         .clone()
@@ -507,6 +538,7 @@ fn setup_bridge(info: &mut NetworkInfo, others: &[NetworkInfo]) -> Result<(), Ne
         // The machine-wide lock covers choosing the subnet and putting it on the bridge, so
         // parallel roots never pick the same one.
         let _ipam = ipam::machine_lock()?;
+        orphans::collect();
         let reserved: Vec<Ipv4Net> = others.iter().filter_map(|n| n.subnet).collect();
         let subnet = match info.subnet {
             Some(s) => {
@@ -519,6 +551,10 @@ fn setup_bridge(info: &mut NetworkInfo, others: &[NetworkInfo]) -> Result<(), Ne
         link::create_bridge(&bridge, gateway, subnet.prefix_len())?;
         info.subnet = Some(subnet);
         info.gateway = Some(gateway);
+        if let Err(e) = orphans::register(dir, info) {
+            let _ = link::delete_link(&bridge);
+            return Err(e);
+        }
     }
     if let Err(e) = firewall::setup_network(info) {
         let _ = link::delete_link(&bridge);
@@ -535,6 +571,7 @@ fn teardown_bridge(info: &NetworkInfo) -> Result<(), NetworkError> {
     if let Some(bridge) = &info.bridge {
         link::delete_link(bridge)?;
     }
+    orphans::unregister(info);
     Ok(())
 }
 
