@@ -9,6 +9,7 @@ mod container;
 mod engine;
 mod format;
 mod images;
+mod network;
 mod progress;
 mod system;
 mod volume;
@@ -67,6 +68,11 @@ pub enum Command {
     Builder {
         #[command(subcommand)]
         command: builder::BuilderCommand,
+    },
+    /// Manage networks.
+    Network {
+        #[command(subcommand)]
+        command: network::NetworkCommand,
     },
     /// Manage kiln.
     System {
@@ -206,6 +212,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Builder { command } => match command {
             builder::BuilderCommand::Prune(args) => builder::prune(args, &engine()?),
         },
+        Command::Network { command } => network::run(command, &cli.root),
         Command::System { command } => match command {
             SystemCommand::Df => system::df(&engine()?),
         },

@@ -20,6 +20,7 @@ pub mod exec;
 pub mod logs;
 pub mod monitor;
 pub mod net;
+pub mod network;
 pub mod rootfs;
 pub mod state;
 pub mod volume;
