@@ -257,7 +257,11 @@ fn prepare(
         hostname: cfg.hostname.clone(),
         network: net.sandbox.clone(),
         mounts,
-        etc_hosts: etc_hosts(c, &net.ips),
+        etc_hosts: if net.host_files {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            etc_hosts(c, &net.ips)
+        },
         resolv_conf: net.resolv_conf.clone(),
         insecure: false,
         no_new_privileges: cfg.no_new_privileges,
@@ -396,8 +400,8 @@ fn run_once(
         l.flush();
     }
     let oom = prepared.cgroup.oom_kills() > 0;
+    drop(prepared.net);
     net::teardown(root, c);
-    let _ = prepared.net;
     if let Err(e) = prepared.cgroup.remove() {
         tracing::warn!(container = c.short_id(), error = %e, "cannot remove cgroups");
     }

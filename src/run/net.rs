@@ -3,14 +3,16 @@
 //! network module (a persistent namespace under the container's directory, connected to the
 //! network, published ports, the embedded DNS server).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
+use super::network::{self, netns, EndpointRequest, NetworkError, Networks, PortBinding, Proto};
 use super::state::{BoundPort, Container, NetworkInfo};
 use super::{Result, RunError};
 use crate::executor::sandbox::SandboxNetwork;
 
 /// What the sandbox and the state need from a container's network.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NetSetup {
     pub sandbox: SandboxNetwork,
     /// The container's addresses (for `/etc/hosts`).
@@ -18,6 +20,10 @@ pub struct NetSetup {
     pub resolv_conf: String,
     pub infos: Vec<NetworkInfo>,
     pub ports: Vec<BoundPort>,
+    /// The embedded DNS server (user networks), serving while this lives.
+    pub dns: Option<network::dns::DnsHandle>,
+    /// `--network host`: the host's `/etc/hosts`.
+    pub host_files: bool,
 }
 
 /// The host's resolv.conf without loopback name servers (unreachable from a namespace of
@@ -44,8 +50,38 @@ pub fn host_resolv_conf(keep_loopback: bool) -> String {
     out
 }
 
+fn net_err(e: NetworkError) -> RunError {
+    RunError::Network(e.to_string())
+}
+
+fn bindings(c: &Container) -> Result<Vec<PortBinding>> {
+    c.config
+        .ports
+        .iter()
+        .map(|p| {
+            let host_ip = if p.host_ip.is_empty() {
+                None
+            } else {
+                Some(p.host_ip.parse::<IpAddr>().map_err(|_| {
+                    RunError::Invalid(format!("invalid host address {:?}", p.host_ip))
+                })?)
+            };
+            Ok(PortBinding {
+                host_ip,
+                host_port: (p.host_port != 0).then_some(p.host_port),
+                container_port: p.container_port,
+                proto: if p.proto == "udp" {
+                    Proto::Udp
+                } else {
+                    Proto::Tcp
+                },
+            })
+        })
+        .collect()
+}
+
 /// Prepares the container's network for one run.
-pub fn setup(_root: &Path, c: &Container) -> Result<NetSetup> {
+pub fn setup(root: &Path, c: &Container) -> Result<NetSetup> {
     match c.config.network_mode.as_str() {
         "none" => Ok(NetSetup {
             sandbox: SandboxNetwork::None,
@@ -53,6 +89,8 @@ pub fn setup(_root: &Path, c: &Container) -> Result<NetSetup> {
             resolv_conf: host_resolv_conf(false),
             infos: Vec::new(),
             ports: Vec::new(),
+            dns: None,
+            host_files: false,
         }),
         "host" => Ok(NetSetup {
             sandbox: SandboxNetwork::Host,
@@ -60,12 +98,92 @@ pub fn setup(_root: &Path, c: &Container) -> Result<NetSetup> {
             resolv_conf: host_resolv_conf(true),
             infos: Vec::new(),
             ports: Vec::new(),
+            dns: None,
+            host_files: true,
         }),
-        other => Err(RunError::Network(format!(
-            "network {other:?} is not available in this build (use --network none or host)"
-        ))),
+        name => {
+            let networks = Networks::open(root).map_err(net_err)?;
+            let netns_path = c.path("netns");
+            // Left over by a crash: start from a fresh namespace.
+            teardown(root, c);
+            netns::create(&netns_path).map_err(net_err)?;
+            let connected = (|| {
+                let ip = match &c.config.ip {
+                    Some(ip) => Some(
+                        ip.parse::<Ipv4Addr>()
+                            .map_err(|_| RunError::Invalid(format!("invalid --ip {ip:?}")))?,
+                    ),
+                    None => None,
+                };
+                let req = EndpointRequest {
+                    container_id: c.config.id.clone(),
+                    name: c.config.name.clone(),
+                    aliases: c.config.network_aliases.clone(),
+                    netns: netns_path.clone(),
+                    ports: bindings(c)?,
+                    ip,
+                };
+                let ep = networks.connect(name, &req).map_err(net_err)?;
+                let dns = if ep.dns {
+                    Some(
+                        network::dns::spawn(&netns_path, networks.clone(), &c.config.id)
+                            .map_err(net_err)?,
+                    )
+                } else {
+                    None
+                };
+                Ok((ep, dns))
+            })();
+            let (ep, dns) = match connected {
+                Ok(x) => x,
+                Err(e) => {
+                    teardown(root, c);
+                    return Err(e);
+                }
+            };
+            let ports = ep
+                .ports
+                .iter()
+                .map(|p| BoundPort {
+                    container_port: p.container_port,
+                    proto: p.proto.as_str().to_string(),
+                    host_ip: p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    host_port: p.host_port.unwrap_or(0),
+                })
+                .collect();
+            Ok(NetSetup {
+                sandbox: SandboxNetwork::Join(netns_path),
+                ips: vec![ep.ip.to_string()],
+                resolv_conf: network::resolv_conf(std::slice::from_ref(&ep)),
+                infos: vec![NetworkInfo {
+                    network: ep.network.clone(),
+                    ip_address: ep.ip.to_string(),
+                    ip_prefix_len: ep.prefix_len,
+                    gateway: ep.gateway.to_string(),
+                    mac_address: ep.mac.clone(),
+                }],
+                ports,
+                dns,
+                host_files: false,
+            })
+        }
     }
 }
 
-/// Releases what [`setup`] made (idempotent).
-pub fn teardown(_root: &Path, _c: &Container) {}
+/// Releases what [`setup`] made (idempotent): endpoints, port rules, the namespace.
+pub fn teardown(root: &Path, c: &Container) {
+    if matches!(c.config.network_mode.as_str(), "none" | "host") {
+        return;
+    }
+    match Networks::open(root) {
+        Ok(n) => {
+            if let Err(e) = n.release_container(&c.config.id) {
+                tracing::warn!(container = c.short_id(), error = %e, "cannot release the network");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot open the networks"),
+    }
+    if let Err(e) = netns::remove(&c.path("netns")) {
+        tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
+    }
+}
