@@ -618,3 +618,156 @@ fn cp_health_and_prune() {
     assert!(b.ok(&["ps", "-aq"]).trim().is_empty());
     b.assert_nothing_left(&[id]);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn iptables_save() -> String {
+    let out = Command::new("iptables-save")
+        .output()
+        .expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A unique network name (bridges are machine-wide).
+fn net_name(tag: &str) -> String {
+    format!("kt{tag}{}", std::process::id() % 100_000)
+}
+
+#[test]
+fn busybox_httpd_answers_on_a_published_port() {
+    let b = Lab::new();
+    let www = b.k.work.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    std::fs::write(www.join("index.html"), "hello from kiln\n").expect("index");
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let vol = format!("{}:/www:ro", www.display());
+    let id = b
+        .ok(&[
+            "run", "-d", "--name", "web", "-p", &publish, "-v", &vol, b.image, "httpd", "-f", "-p",
+            "80", "-h", "/www",
+        ])
+        .trim()
+        .to_string();
+    b.until(10, "httpd to answer", || {
+        http_get(port).is_some_and(|r| r.contains("hello from kiln"))
+    });
+    assert_eq!(
+        b.ok(&["port", "web", "80"]).trim(),
+        format!("127.0.0.1:{port}")
+    );
+    assert!(b.ok(&["ps"]).contains(&format!("127.0.0.1:{port}->80/tcp")));
+    let v = b.inspect("web");
+    let ip = v["NetworkSettings"]["IPAddress"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(ip.starts_with("172.") || ip.starts_with("10."), "{v}");
+    // Another container reaches it by address.
+    let fetch = format!("wget -qO- http://{ip}/");
+    assert_eq!(
+        b.ok(&["run", "--rm", b.image, "sh", "-c", &fetch]),
+        "hello from kiln\n"
+    );
+    assert!(iptables_save().contains(&id[..12]));
+    b.ok(&["stop", "web"]);
+    // The port is gone with the container's process, and so are its rules and veth.
+    assert!(http_get(port).is_none());
+    assert!(!iptables_save().contains(&id[..12]));
+    let links = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .expect("ip")
+            .stdout,
+    )
+    .into_owned();
+    b.ok(&["rm", "web"]);
+    b.assert_nothing_left(std::slice::from_ref(&id));
+    let after = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .expect("ip")
+            .stdout,
+    )
+    .into_owned();
+    assert!(after.lines().count() <= links.lines().count());
+}
+
+#[test]
+fn containers_reach_each_other_by_name_on_a_user_network_only() {
+    let b = Lab::new();
+    let (n1, n2) = (net_name("a"), net_name("b"));
+    b.ok(&["network", "create", &n1]);
+    b.ok(&["network", "create", &n2]);
+    let server = b
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "srv",
+            "--network",
+            &n1,
+            "--network-alias",
+            "web",
+            b.image,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/etc",
+        ])
+        .trim()
+        .to_string();
+    let out = b.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        &n1,
+        b.image,
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; wget -qO- http://srv/hostname; wget -qO- http://web/hostname",
+    ]);
+    assert!(out.contains("nameserver 127.0.0.11"), "{out}");
+    assert_eq!(out.matches(&server[..12]).count(), 2, "{out}");
+    let (code, out, _) = b.kiln(&[
+        "run",
+        "--rm",
+        "--network",
+        &n2,
+        b.image,
+        "sh",
+        "-c",
+        "wget -T 2 -qO- http://srv/hostname || echo unreachable",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("unreachable") && !out.contains(&server[..12]),
+        "{out}"
+    );
+    b.ok(&["rm", "-f", "srv"]);
+    b.ok(&["network", "rm", &n1, &n2]);
+    b.assert_nothing_left(&[server]);
+}
