@@ -140,8 +140,35 @@ fn help_lists_only_working_commands_and_global_options() {
     assert_eq!(
         commands,
         vec![
-            "build", "check", "images", "image", "history", "tag", "rmi", "save", "load",
-            "builder", "system", "help"
+            "build",
+            "check",
+            "images",
+            "image",
+            "history",
+            "tag",
+            "rmi",
+            "save",
+            "load",
+            "builder",
+            "network",
+            "system",
+            "run",
+            "create",
+            "start",
+            "stop",
+            "kill",
+            "restart",
+            "rm",
+            "ps",
+            "logs",
+            "exec",
+            "wait",
+            "inspect",
+            "port",
+            "cp",
+            "container",
+            "volume",
+            "help"
         ],
         "{help}"
     );

@@ -771,3 +771,33 @@ fn containers_reach_each_other_by_name_on_a_user_network_only() {
     b.ok(&["network", "rm", &n1, &n2]);
     b.assert_nothing_left(&[server]);
 }
+
+/// The README's first command: build the bundled example (with busybox from the host) and
+/// serve its page on a published port.
+#[test]
+fn readme_example_serves_its_page() {
+    let b = Lab::new();
+    let ctx = b.k.work.path().join("hello");
+    std::fs::create_dir_all(&ctx).expect("ctx");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    for f in ["Dockerfile", "index.html"] {
+        std::fs::copy(example.join(f), ctx.join(f)).expect("copy example");
+    }
+    std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static");
+    b.k.build(&ctx, &["-t", "hello"]);
+    let port = free_port();
+    let publish = format!("127.0.0.1:{port}:80");
+    let id = b
+        .ok(&[
+            "run", "-d", "--rm", "-p", &publish, "--name", "hello", "hello",
+        ])
+        .trim()
+        .to_string();
+    b.until(10, "the page", || {
+        http_get(port).is_some_and(|r| r.contains("Hello from kiln"))
+    });
+    b.ok(&["stop", "hello"]);
+    // --rm: gone once stopped.
+    b.until(10, "removal", || b.ok(&["ps", "-aq"]).trim().is_empty());
+    b.assert_nothing_left(&[id]);
+}

@@ -535,12 +535,13 @@ pub fn supervise(
             break code;
         }
     };
-    drop(running);
+    // --rm: gone before anyone waiting on the lock (stop, wait) hears of the exit.
     if c.config.auto_remove {
         if let Err(e) = super::container::remove_files(root, c, true) {
             tracing::warn!(container = c.short_id(), error = %e, "--rm: cannot remove the container");
         }
     }
+    drop(running);
     Ok(code)
 }
 
