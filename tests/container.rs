@@ -801,3 +801,81 @@ fn readme_example_serves_its_page() {
     b.until(10, "removal", || b.ok(&["ps", "-aq"]).trim().is_empty());
     b.assert_nothing_left(&[id]);
 }
+
+/// A pty for kiln's own terminal: (master, slave) of the given size.
+fn open_pty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
+    use nix::libc;
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two descriptors we then own.
+    let rc = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(rc, 0, "openpty");
+    // SAFETY: fresh descriptors from openpty.
+    unsafe { (std::fs::File::from_raw_fd(m), std::fs::File::from_raw_fd(s)) }
+}
+
+#[test]
+fn run_it_gives_a_real_pty_with_size_and_ctrl_c() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::CommandExt;
+    let b = Lab::new();
+    let (mut master, slave) = open_pty(33, 101);
+    let mut cmd = kiln(b.root());
+    cmd.args([
+        "run",
+        "--rm",
+        "-it",
+        "--network",
+        "none",
+        b.image,
+        "sh",
+        "-c",
+        "tty; stty size; trap 'echo got-int; exit 9' INT; echo ready; sleep 20 & wait",
+    ]);
+    cmd.stdin(slave.try_clone().expect("slave"))
+        .stdout(slave.try_clone().expect("slave"))
+        .stderr(slave.try_clone().expect("slave"));
+    // SAFETY: setsid and TIOCSCTTY in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::libc::setsid();
+            nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("kiln");
+    drop(slave);
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut reader = master.try_clone().expect("master");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !out.contains("ready") {
+        let chunk = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no ready: {out}"));
+        out.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    master.write_all(b"\x03").expect("ctrl-c");
+    let status = child.wait().expect("wait");
+    while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(300)) {
+        out.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("33 101"), "{out}");
+    assert!(out.contains("got-int"), "{out}");
+    assert_eq!(status.code(), Some(9), "{out}");
+}

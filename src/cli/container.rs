@@ -14,7 +14,7 @@ use super::format::{human_duration, table};
 use super::Outcome;
 use crate::run::container as lifecycle;
 use crate::run::create::{self, CreateOptions};
-use crate::run::exec::{self, ExecOptions, Pty, RawMode};
+use crate::run::exec::{self, ExecOptions, RawMode};
 use crate::run::logs;
 use crate::run::monitor::{self, Attach};
 use crate::run::state::{Container, Containers, State, Status};
@@ -421,7 +421,7 @@ fn options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
 
 fn new_container(args: &CreateArgs, root: &Path) -> anyhow::Result<(Engine, Container)> {
     let engine = Engine::open(root)?;
-    let snapshots = engine.snapshotter()?;
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
     let c = create::create(root, &engine.store, snapshots.as_ref(), &options(args)?)?;
     Ok((engine, c))
 }
@@ -442,32 +442,19 @@ fn exit(code: i32) -> Outcome {
 
 /// Runs a container in this process (attached), returning its exit code.
 fn run_attached(root: &Path, c: &Container, interactive: bool) -> anyhow::Result<i32> {
-    let snapshots = crate::cache::snapshot::open_default(root)?;
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
-    let tty = if c.config.tty {
-        let pty = Pty::open()?;
-        pty.copy_size_from(1);
-        Some(pty)
+    let _raw = if c.config.tty {
+        RawMode::enter(0)
     } else {
         None
     };
-    let _raw = tty.as_ref().and_then(|_| RawMode::enter(0));
     let mut stdin = None;
-    if interactive {
-        match &tty {
-            Some(pty) => {
-                let mut master = pty.master.try_clone()?;
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut std::io::stdin(), &mut master);
-                });
-            }
-            None => {
-                use std::os::fd::AsFd;
-                let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
-                stdin = Some(std::fs::File::from(fd));
-            }
-        }
+    if interactive && !c.config.tty {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+        stdin = Some(std::fs::File::from(fd));
     }
     monitor::forward_signals();
     let mut error = None;
@@ -479,7 +466,7 @@ fn run_attached(root: &Path, c: &Container, interactive: bool) -> anyhow::Result
             stdout: &mut stdout,
             stderr: &mut stderr,
             stdin,
-            tty,
+            tty_stdin: interactive && c.config.tty,
         }),
         &mut |r| {
             if let Err(e) = r {
@@ -835,8 +822,7 @@ pub fn logs_cmd(args: &LogsArgs, root: &Path) -> anyhow::Result<Outcome> {
 
 pub fn exec_cmd(args: &ExecArgs, root: &Path) -> anyhow::Result<Outcome> {
     let c = find(root, &args.container)?;
-    let engine = Engine::open(root)?;
-    let snapshots = engine.snapshotter()?;
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
     let opts = ExecOptions {
         cmd: args.command.clone(),
         user: args.user.clone(),
@@ -875,8 +861,7 @@ pub fn exec_cmd(args: &ExecArgs, root: &Path) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Success);
     }
     let code = if args.tty {
-        let mut out = std::io::stdout();
-        exec::exec_tty(snapshots.as_ref(), &c, &opts, args.interactive, &mut out)
+        exec::exec_tty(snapshots.as_ref(), &c, &opts, args.interactive)
     } else {
         let stdin = if args.interactive {
             use std::os::fd::AsFd;
@@ -1097,8 +1082,7 @@ fn split_container_path(s: &str) -> Option<(&str, &str)> {
 }
 
 pub fn cp(args: &CpArgs, root: &Path) -> anyhow::Result<Outcome> {
-    let engine = Engine::open(root)?;
-    let snapshots = engine.snapshotter()?;
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
     let (container, path, to_container) = match (
         split_container_path(&args.src),
         split_container_path(&args.dst),

@@ -4,8 +4,9 @@
 //! capabilities, seccomp profile and user). Also the pty of `-t`.
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -13,60 +14,80 @@ use nix::libc;
 
 use super::cgroups::Cgroup;
 use super::state::{now_nanos, rfc3339_nanos, Container, HealthLog, Status};
-use super::{io_err, Result, RunError};
+use super::{Result, RunError};
 use crate::executor::sandbox::{
     self, caps, CancelToken, ContainerOptions, SandboxConfig, SandboxError, SandboxNetwork, Stream,
 };
 
-/// A pseudo-terminal pair (`-t`): the container gets the slave, we keep the master.
-pub struct Pty {
-    pub master: std::fs::File,
-    pub slave: Option<std::fs::File>,
-}
+/// The pty master whose window size follows our terminal's (SIGWINCH), -1 when none.
+static WINCH_MASTER: AtomicI32 = AtomicI32::new(-1);
 
-impl Pty {
-    pub fn open() -> Result<Pty> {
-        let err = |what: &'static str| {
-            io_err(what, Path::new("/dev/ptmx"))(std::io::Error::last_os_error())
-        };
-        // SAFETY: plain libc pty calls on descriptors we own; ptsname_r writes into `name`.
-        unsafe {
-            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-            if m < 0 {
-                return Err(err("opening"));
-            }
-            let master = std::fs::File::from_raw_fd(m);
-            if libc::grantpt(m) != 0 || libc::unlockpt(m) != 0 {
-                return Err(err("unlocking"));
-            }
-            let mut name = [0 as libc::c_char; 128];
-            if libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
-                return Err(err("naming"));
-            }
-            let s = libc::open(
-                name.as_ptr(),
-                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-            );
-            if s < 0 {
-                return Err(err("opening the slave of"));
-            }
-            Ok(Pty {
-                master,
-                slave: Some(std::fs::File::from_raw_fd(s)),
-            })
-        }
-    }
-
-    /// Copies the window size of the terminal on `fd` to the pty.
-    pub fn copy_size_from(&self, fd: i32) {
-        // SAFETY: TIOCGWINSZ/TIOCSWINSZ read/write a winsize struct we own.
+extern "C" fn on_winch(_: libc::c_int) {
+    let master = WINCH_MASTER.load(Ordering::SeqCst);
+    if master >= 0 {
+        // SAFETY: ioctl is async-signal-safe; the winsize lives on this stack.
         unsafe {
             let mut ws: libc::winsize = std::mem::zeroed();
-            if libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0 {
-                libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+            if libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) == 0 {
+                libc::ioctl(master, libc::TIOCSWINSZ, &ws);
             }
         }
     }
+}
+
+/// The size (rows, columns) of the terminal on `fd`, if it is one.
+pub fn terminal_size(fd: i32) -> Option<(u16, u16)> {
+    // SAFETY: TIOCGWINSZ fills a winsize we own.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0)
+            .then_some((ws.ws_row, ws.ws_col))
+    }
+}
+
+/// Copies a container's pty: its output to `sink` until the container's side is closed,
+/// our stdin to it (`stdin`), and our terminal's size changes (`follow_size`). Join the
+/// handle after the container ended to get all of its output.
+pub fn pump_console(
+    master: std::fs::File,
+    stdin: bool,
+    follow_size: bool,
+    mut sink: impl FnMut(&[u8]) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    if follow_size {
+        WINCH_MASTER.store(master.as_raw_fd(), Ordering::SeqCst);
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        let action = SigAction::new(
+            SigHandler::Handler(on_winch),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only makes ioctl calls.
+        unsafe {
+            let _ = sigaction(Signal::SIGWINCH, &action);
+        }
+    }
+    if stdin {
+        if let Ok(mut m) = master.try_clone() {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut m);
+            });
+        }
+    }
+    std::thread::spawn(move || {
+        let mut master = master;
+        let mut buf = [0u8; 8192];
+        loop {
+            match std::io::Read::read(&mut master, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => sink(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // EIO: the container's side is closed.
+                Err(_) => break,
+            }
+        }
+        WINCH_MASTER.store(-1, Ordering::SeqCst);
+    })
 }
 
 /// Puts a terminal in raw mode until dropped.
@@ -132,7 +153,7 @@ pub fn join_config(
     pid: i32,
     opts: &ExecOptions,
     stdin: Option<std::fs::File>,
-    tty: Option<std::fs::File>,
+    console: Option<(u16, u16)>,
 ) -> Result<SandboxConfig> {
     let cfg = &c.config;
     let user =
@@ -186,7 +207,7 @@ pub fn join_config(
                 .into_iter()
                 .filter(|p| p.exists())
                 .collect(),
-            tty,
+            console,
             join_pid: Some(pid),
             ..Default::default()
         },
@@ -225,59 +246,36 @@ pub fn exec(
     Ok(outcome.exit_code)
 }
 
-/// Runs `opts.cmd` in the container on a pty (`exec -t`): the master is copied to `out`,
-/// `stdin` (when given) to the master; returns the exit code.
+/// Runs `opts.cmd` in the container on a pty of its own (`exec -t`), copied to our stdout
+/// (and from our stdin with `interactive`); returns the exit code.
 pub fn exec_tty(
     snapshots: &dyn crate::cache::snapshot::Snapshotter,
     c: &Container,
     opts: &ExecOptions,
     interactive: bool,
-    out: &mut (dyn Write + Send),
 ) -> Result<i32> {
     let pid = running_pid(c)?;
-    let mut pty = Pty::open()?;
-    pty.copy_size_from(1);
-    let slave = pty.slave.take();
-    let mut config = join_config(snapshots, c, pid, opts, None, slave)?;
+    let size = terminal_size(0).unwrap_or((24, 80));
+    let config = join_config(snapshots, c, pid, opts, None, Some(size))?;
     let _raw = RawMode::enter(0);
-    if interactive {
-        if let Ok(mut master) = pty.master.try_clone() {
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut std::io::stdin(), &mut master);
-            });
-        }
+    let mut pump = None;
+    let r = sandbox::run_observed(
+        &config,
+        &mut |_, _| {},
+        &mut |s| {
+            if let Some(master) = s.console {
+                pump = Some(pump_console(master, interactive, true, |bytes: &[u8]| {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(bytes);
+                    let _ = out.flush();
+                }));
+            }
+        },
+        &CancelToken::new(),
+    );
+    if let Some(p) = pump {
+        let _ = p.join();
     }
-    let master = pty
-        .master
-        .try_clone()
-        .map_err(io_err("cloning", Path::new("/dev/ptmx")))?;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    std::thread::spawn(move || {
-        let mut master = master;
-        let mut buf = [0u8; 8192];
-        loop {
-            match std::io::Read::read(&mut master, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let r = std::thread::scope(|scope| {
-        let out = &mut *out;
-        scope.spawn(move || {
-            while let Ok(bytes) = rx.recv() {
-                let _ = out.write_all(&bytes);
-                let _ = out.flush();
-            }
-        });
-        let r = sandbox::run(&config, &mut |_, _| {});
-        config.container.tty = None;
-        r
-    });
     Ok(r?.exit_code)
 }
 
@@ -318,7 +316,7 @@ impl HealthChecker {
         let c = c.clone();
         let root = root.to_path_buf();
         std::thread::spawn(move || {
-            let Ok(snapshots) = crate::cache::snapshot::open_default(&root) else {
+            let Ok(snapshots) = super::rootfs::open_snapshots(&root) else {
                 return;
             };
             let began = Instant::now();

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::libc;
@@ -72,8 +72,8 @@ pub struct Attach<'a> {
     pub stderr: &'a mut (dyn Write + Send),
     /// `-i`: the container's stdin.
     pub stdin: Option<std::fs::File>,
-    /// `-t`: the pty the container gets; its master side is copied to `stdout`.
-    pub tty: Option<super::exec::Pty>,
+    /// `-it`: our stdin is copied to the container's pty.
+    pub tty_stdin: bool,
 }
 
 /// How one run of the container ended.
@@ -187,7 +187,7 @@ fn prepare(
     snapshots: &dyn Snapshotter,
     c: &Container,
     stdin: Option<std::fs::File>,
-    tty: Option<std::fs::File>,
+    console: Option<(u16, u16)>,
 ) -> Result<Prepared> {
     let cfg = &c.config;
     let user = resolve_user(snapshots, c, &cfg.user)?;
@@ -273,7 +273,7 @@ fn prepare(
             cap_drop: mask(&cfg.cap_drop),
             cgroup_procs: cgroup.procs_files(),
             init: cfg.init,
-            tty,
+            console,
             join_pid: None,
         },
     };
@@ -304,11 +304,13 @@ fn run_once(
     on_started: &mut dyn FnMut(i32),
 ) -> RunEnd {
     let stdin = attach.as_mut().and_then(|a| a.stdin.take());
-    let tty_slave = attach
-        .as_mut()
-        .and_then(|a| a.tty.as_mut())
-        .and_then(|p| p.slave.take());
-    let mut prepared = match prepare(root, snapshots, c, stdin, tty_slave) {
+    let console = c.config.tty.then(|| {
+        attach
+            .as_ref()
+            .and_then(|_| super::exec::terminal_size(0))
+            .unwrap_or((24, 80))
+    });
+    let prepared = match prepare(root, snapshots, c, stdin, console) {
         Ok(p) => p,
         Err(e) => {
             return RunEnd::Failed {
@@ -323,79 +325,54 @@ fn run_once(
     }) {
         tracing::warn!(error = %e, "cannot record the network state");
     }
-    // A pty's output is pumped here (the sandbox has no pipes then).
-    let pty_pump = attach.as_ref().and_then(|a| a.tty.as_ref()).and_then(|p| {
-        let master = p.master.try_clone().ok()?;
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        std::thread::spawn(move || {
-            let mut master = master;
-            let mut buf = [0u8; 8192];
-            loop {
-                match std::io::Read::read(&mut master, &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(buf[..n].to_vec()).is_err() {
-                            break;
-                        }
+    let attached = attach.is_some();
+    let tty_stdin = attach.as_ref().is_some_and(|a| a.tty_stdin);
+    let mut pump = None;
+    let mut started = |s: sandbox::Started| {
+        if let Some(master) = s.console {
+            // The pty's output goes to the log (and our terminal when attached).
+            let log = Arc::clone(log);
+            pump = Some(super::exec::pump_console(
+                master,
+                tty_stdin,
+                attached,
+                move |bytes: &[u8]| {
+                    if let Ok(mut l) = log.lock() {
+                        l.write(Stream::Stdout, bytes);
                     }
-                }
-            }
-        });
-        Some(rx)
-    });
-    let result = match pty_pump {
-        None => {
-            let mut on_output = |stream: Stream, bytes: &[u8]| {
-                if let Ok(mut l) = log.lock() {
-                    l.write(stream, bytes);
-                }
-                if let Some(a) = attach.as_mut() {
-                    let w: &mut dyn Write = match stream {
-                        Stream::Stdout => &mut *a.stdout,
-                        Stream::Stderr => &mut *a.stderr,
-                    };
-                    let _ = w.write_all(bytes);
-                    let _ = w.flush();
-                }
-            };
-            sandbox::run_observed(
-                &prepared.config,
-                &mut on_output,
-                on_started,
-                &CancelToken::new(),
-            )
+                    if attached {
+                        let mut out = std::io::stdout();
+                        let _ = out.write_all(bytes);
+                        let _ = out.flush();
+                    }
+                },
+            ));
         }
-        Some(rx) => {
-            // The sandbox blocks this thread; the pty's output is copied by a scoped thread
-            // until the container's last process closes the slave.
-            let log2 = Arc::clone(log);
-            let out = attach.as_mut().map(|a| &mut *a.stdout);
-            std::thread::scope(|scope| {
-                scope.spawn(move || {
-                    let mut out = out;
-                    while let Ok(bytes) = rx.recv() {
-                        if let Ok(mut l) = log2.lock() {
-                            l.write(Stream::Stdout, &bytes);
-                        }
-                        if let Some(o) = out.as_mut() {
-                            let _ = o.write_all(&bytes);
-                            let _ = o.flush();
-                        }
-                    }
-                });
-                let r = sandbox::run_observed(
-                    &prepared.config,
-                    &mut |_, _| {},
-                    on_started,
-                    &CancelToken::new(),
-                );
-                // Our slave copy in the config keeps the master readable: close it so the
-                // reader sees EOF once the container's copies are gone.
-                drop(prepared.config.container.tty.take());
-                r
-            })
+        on_started(s.pid);
+    };
+    let mut on_output = |stream: Stream, bytes: &[u8]| {
+        if let Ok(mut l) = log.lock() {
+            l.write(stream, bytes);
+        }
+        if let Some(a) = attach.as_mut() {
+            let w: &mut dyn Write = match stream {
+                Stream::Stdout => &mut *a.stdout,
+                Stream::Stderr => &mut *a.stderr,
+            };
+            let _ = w.write_all(bytes);
+            let _ = w.flush();
         }
     };
+    let result = sandbox::run_observed(
+        &prepared.config,
+        &mut on_output,
+        &mut started,
+        &CancelToken::new(),
+    );
+    if let Some(p) = pump {
+        // Every process of the container is gone: the master reads EOF soon.
+        let _ = p.join();
+    }
     if let Ok(mut l) = log.lock() {
         l.flush();
     }
@@ -641,7 +618,7 @@ pub fn monitor_main(args: &[String]) -> ! {
     };
     let result = (|| {
         let c = Containers::open(&root)?.find(id)?;
-        let snapshots = crate::cache::snapshot::open_default(&root)?;
+        let snapshots = super::rootfs::open_snapshots(&root)?;
         supervise(&root, snapshots.as_ref(), &c, None, &mut report)
     })();
     match result {

@@ -13,6 +13,23 @@ use crate::cache::snapshot::{chain_id, Snapshotter};
 use crate::cache::store::{ImageStore, StoredImage};
 use crate::cache::Digest;
 
+/// The snapshotter of `root`, without probing overlayfs again when its store already exists
+/// (the probe mounts a test overlay: too slow for every `kiln run`).
+pub fn open_snapshots(root: &Path) -> Result<Box<dyn Snapshotter>> {
+    let snapshots = root.join("snapshots");
+    if snapshots.join("overlayfs").is_dir() {
+        return Ok(Box::new(crate::cache::snapshot::OverlaySnapshotter::new(
+            root,
+        )?));
+    }
+    if snapshots.join("copy").is_dir() {
+        return Ok(Box::new(crate::cache::snapshot::CopySnapshotter::new(
+            root,
+        )?));
+    }
+    Ok(crate::cache::snapshot::open_default(root)?)
+}
+
 /// Makes sure every prefix of the image's layer chain is a snapshot; returns the top chain id.
 pub fn ensure_snapshots(
     store: &ImageStore,

@@ -172,15 +172,6 @@ pub fn child_main(args: &[String]) -> ! {
                 reporter.fail(Failure::step("unblock signals", e));
             }
             drop(lifeline_w);
-            if spec.run.tty {
-                if let Err(e) = nix::unistd::setsid() {
-                    reporter.fail(Failure::step("setsid", e));
-                }
-                // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is the pty slave.
-                if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-                    reporter.fail(Failure::step("set the controlling terminal", Errno::last()));
-                }
-            }
             let mut report = |r: &Report| reporter.send(r);
             let result = container_init(&sys, &spec, host_caps, &mut report, || {
                 helper_alive(lifeline_r.as_raw_fd())
@@ -196,8 +187,11 @@ pub fn child_main(args: &[String]) -> ! {
             reporter.send(&Report::Started {
                 pid: child.as_raw(),
             });
-            if let Some(fd) = spec.run.exec_fd {
-                // Only the container process keeps it, until its execve.
+            for fd in [spec.run.exec_fd, spec.run.console_fd]
+                .into_iter()
+                .flatten()
+            {
+                // Only the container process keeps them (until its execve).
                 let _ = nix::unistd::close(fd);
             }
             let (code, signal) = wait_for(child, &signals);
@@ -304,6 +298,7 @@ pub fn container_init(
     }
     if spec.run.join_pid.is_some() {
         let command = resolve_command(Path::new("/"), spec)?;
+        setup_console(spec)?;
         sys.chdir(Path::new(&spec.cwd))
             .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
         return secure_and_exec(sys, spec, host, &command);
@@ -343,7 +338,80 @@ pub fn container_init(
         .map_err(|e| Failure::step("set the hostname", e))?;
     sys.chdir(Path::new(&spec.cwd))
         .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
+    setup_console(spec)?;
     secure_and_exec(sys, spec, host, &command)
+}
+
+/// `-t`: a pty from the container's own devpts becomes stdin/stdout/stderr and the
+/// controlling terminal of a new session; its master goes back to the parent over the
+/// console socket (as runc's console socket). Runs inside the container's root.
+fn setup_console(spec: &ChildSpec) -> Result<(), Failure> {
+    let (Some((rows, cols)), Some(sock)) = (spec.run.console, spec.run.console_fd) else {
+        return Ok(());
+    };
+    let last = |what: &str| Failure::step(what.to_string(), Errno::last());
+    // SAFETY: plain libc pty/ioctl/dup2 calls on descriptors this process owns; `name` is a
+    // buffer of the size passed.
+    unsafe {
+        let master = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if master < 0 {
+            return Err(last("open /dev/ptmx"));
+        }
+        if libc::unlockpt(master) != 0 {
+            return Err(last("unlock the pty"));
+        }
+        let mut name = [0 as libc::c_char; 64];
+        if libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0 {
+            return Err(last("name the pty"));
+        }
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if slave < 0 {
+            return Err(last("open the pty"));
+        }
+        let _ = libc::fchown(slave, spec.uid, spec.gid);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        libc::ioctl(slave, libc::TIOCSWINSZ, &ws);
+        send_fd(sock, master).map_err(|e| Failure::step("send the pty master", e))?;
+        libc::close(master);
+        libc::close(sock);
+        if libc::setsid() < 0 {
+            return Err(last("setsid"));
+        }
+        for fd in 0..3 {
+            if libc::dup2(slave, fd) < 0 {
+                return Err(last("dup2 the pty"));
+            }
+        }
+        if slave > 2 {
+            libc::close(slave);
+        }
+        if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            return Err(last("set the controlling terminal"));
+        }
+    }
+    Ok(())
+}
+
+fn send_fd(sock: i32, fd: i32) -> Result<(), Errno> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(b"t")];
+    let fds = [fd];
+    sendmsg::<()>(
+        sock,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
 }
 
 /// Bounding set, seccomp, user switch, capabilities, then `execve` (through a tiny init

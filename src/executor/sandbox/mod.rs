@@ -75,8 +75,10 @@ pub struct ContainerOptions {
     pub cgroup_procs: Vec<PathBuf>,
     /// `--init`: PID 1 stays a tiny reaper that forwards signals to the command.
     pub init: bool,
-    /// The slave side of a pty: becomes stdin/stdout/stderr and the controlling terminal.
-    pub tty: Option<std::fs::File>,
+    /// `-t`: the container gets a pty of its own devpts (`/dev/pts/0`) as stdin/stdout/stderr
+    /// and controlling terminal, of this size (rows, columns); its master side comes back in
+    /// [`Started::console`].
+    pub console: Option<(u16, u16)>,
     /// `exec`: join the namespaces (and the cgroups in `cgroup_procs`) of this running
     /// container process instead of making new ones; no rootfs set-up.
     pub join_pid: Option<i32>,
@@ -216,12 +218,21 @@ pub fn run(
     parent::run(config, on_output, &mut |_| {}, &CancelToken::new())
 }
 
-/// [`run_with_cancel`], calling `on_started` with the host pid of the container's first
-/// process once the command has been exec'd (setup failures never reach it).
+/// What [`run_observed`] hands over once the command runs.
+#[derive(Debug)]
+pub struct Started {
+    /// Host pid of the container's first process.
+    pub pid: i32,
+    /// The master side of the container's pty (with [`ContainerOptions::console`]).
+    pub console: Option<std::fs::File>,
+}
+
+/// [`run_with_cancel`], calling `on_started` once the command has been exec'd (setup
+/// failures never reach it).
 pub fn run_observed(
     config: &SandboxConfig,
     on_output: &mut dyn FnMut(Stream, &[u8]),
-    on_started: &mut dyn FnMut(i32),
+    on_started: &mut dyn FnMut(Started),
     cancel: &CancelToken,
 ) -> Result<SandboxOutcome> {
     parent::run(config, on_output, on_started, cancel)

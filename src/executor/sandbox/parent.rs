@@ -18,8 +18,8 @@ use nix::unistd::Pid;
 
 use super::spec::{ChildSpec, EtcFile, Failure, Report, RunSpec};
 use super::{
-    CancelToken, Result, SandboxConfig, SandboxError, SandboxMount, SandboxOutcome, Stream,
-    EXE_ENV, HELPER_ARG,
+    CancelToken, Result, SandboxConfig, SandboxError, SandboxMount, SandboxOutcome, Started,
+    Stream, EXE_ENV, HELPER_ARG,
 };
 
 /// How often the output loop looks at the cancel token.
@@ -175,7 +175,8 @@ pub(super) fn build_spec(config: &SandboxConfig, dir: &Path, parent_pid: i32) ->
             cap_drop: config.container.cap_drop,
             cgroup_procs: config.container.cgroup_procs.clone(),
             init: config.container.init,
-            tty: config.container.tty.is_some(),
+            console: config.container.console,
+            console_fd: None,
             join_pid: config.container.join_pid,
             exec_fd: None,
         },
@@ -240,6 +241,8 @@ enum Event {
     /// The container process exec'd its command (or died trying: its failure report, if
     /// any, came before this).
     Execed,
+    /// The master side of the container's pty.
+    Console(std::fs::File),
     Closed,
 }
 
@@ -347,6 +350,32 @@ fn pump_reports(mut pipe: std::fs::File, mut exec: Option<std::fs::File>, tx: mp
     let _ = tx.send(Event::Closed);
 }
 
+/// Receives one file descriptor (SCM_RIGHTS) from the container's console socket; None when
+/// the container died before sending it.
+fn receive_fd(sock: &OwnedFd) -> Option<std::fs::File> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            return fds
+                .first()
+                .map(|fd| unsafe { std::fs::File::from_raw_fd(*fd) });
+        }
+    }
+    None
+}
+
 /// Kills and reaps the helper if `run` unwinds or returns early (its parent-death signal then
 /// takes the container's PID 1 down too).
 struct Running {
@@ -376,7 +405,7 @@ fn above_stdio(fd: OwnedFd) -> Result<OwnedFd> {
 pub(super) fn run(
     config: &SandboxConfig,
     on_output: &mut dyn FnMut(Stream, &[u8]),
-    on_started: &mut dyn FnMut(i32),
+    on_started: &mut dyn FnMut(Started),
     cancel: &CancelToken,
 ) -> Result<SandboxOutcome> {
     if cancel.is_cancelled() {
@@ -394,6 +423,24 @@ pub(super) fn run(
     let exec_w = above_stdio(exec_w)?;
     let exec_fd = exec_w.as_raw_fd();
     spec.run.exec_fd = Some(exec_fd);
+    // -t: the container sends its pty master back over a socket pair.
+    let console = match config.container.console {
+        Some(_) => {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            let (ours, theirs) = socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| io_error(Path::new("console socket"))(e.into()))?;
+            let theirs = above_stdio(theirs)?;
+            spec.run.console_fd = Some(theirs.as_raw_fd());
+            Some((ours, theirs))
+        }
+        None => None,
+    };
+    let console_fd = spec.run.console_fd.unwrap_or(-1);
     let spec_path = dir.path().join("config.json");
     let json = serde_json::to_vec(&spec).map_err(|e| config_error(e.to_string()))?;
     {
@@ -417,8 +464,9 @@ pub(super) fn run(
             f.try_clone().map_err(io_error(Path::new(what)))?,
         ))
     };
-    let (stdin, stdout, stderr) = match (&config.container.tty, &config.stdin) {
-        (Some(tty), _) => (clone(tty, "tty")?, clone(tty, "tty")?, clone(tty, "tty")?),
+    let (stdin, stdout, stderr) = match (&config.container.console, &config.stdin) {
+        // The container's own pty replaces all three.
+        (Some(_), _) => (Stdio::null(), Stdio::null(), Stdio::null()),
         (None, Some(f)) => (clone(f, "stdin")?, Stdio::piped(), Stdio::piped()),
         (None, None) => (Stdio::null(), Stdio::piped(), Stdio::piped()),
     };
@@ -438,6 +486,7 @@ pub(super) fn run(
         command.pre_exec(move || {
             if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0
                 || libc::fcntl(exec_fd, libc::F_SETFD, 0) < 0
+                || (console_fd >= 0 && libc::fcntl(console_fd, libc::F_SETFD, 0) < 0)
             {
                 return Err(std::io::Error::last_os_error());
             }
@@ -452,6 +501,10 @@ pub(super) fn run(
     drop(report_w);
     drop(exec_w);
     drop(command);
+    let console = console.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
     let helper_pid = Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
@@ -475,6 +528,15 @@ pub(super) fn run(
             pump_reports(reports, Some(exec), tx)
         }));
     }
+    if let Some(sock) = console {
+        let tx = tx.clone();
+        threads.push(std::thread::spawn(move || {
+            if let Some(master) = receive_fd(&sock) {
+                let _ = tx.send(Event::Console(master));
+            }
+            let _ = tx.send(Event::Closed);
+        }));
+    }
     drop(tx);
     let mut running = Running { child: Some(child) };
 
@@ -485,14 +547,19 @@ pub(super) fn run(
     let mut exited = None;
     let mut garbled = Vec::new();
     let mut started = None;
+    let mut console_master = None;
     while open > 0 {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
             Ok(Event::Report(Report::Created { path })) => created.push(path),
             Ok(Event::Report(Report::Started { pid })) => started = Some(pid),
+            Ok(Event::Console(master)) => console_master = Some(master),
             Ok(Event::Execed) => {
                 if let (Some(pid), None) = (started, &failure) {
-                    on_started(pid);
+                    on_started(Started {
+                        pid,
+                        console: console_master.take(),
+                    });
                 }
             }
             Ok(Event::Report(Report::Failed { failure: f })) => failure = Some(f),

@@ -62,8 +62,10 @@ pub struct RunSpec {
     pub cap_drop: u64,
     pub cgroup_procs: Vec<PathBuf>,
     pub init: bool,
-    /// stdin is a pty slave: make it the controlling terminal of a new session.
-    pub tty: bool,
+    /// Make a pty in the container's devpts (rows, columns) and send its master over the
+    /// unix socket `console_fd` (inherited like the report fd).
+    pub console: Option<(u16, u16)>,
+    pub console_fd: Option<i32>,
     pub join_pid: Option<i32>,
     /// Write end of the exec-sync pipe, inherited under this number: the container process
     /// holds it (close-on-exec) until its `execve`, so EOF on it means "exec'd or gone".
