@@ -879,3 +879,32 @@ fn run_it_gives_a_real_pty_with_size_and_ctrl_c() {
     assert!(out.contains("got-int"), "{out}");
     assert_eq!(status.code(), Some(9), "{out}");
 }
+
+#[test]
+fn images_used_by_containers_are_kept() {
+    let b = Lab::new();
+    b.k.build(
+        &b.k.context("img", &format!("FROM {}\nENV X=1\n", b.image), &[]),
+        &["-t", "mine:1"],
+    );
+    let id = b
+        .ok(&[
+            "create",
+            "--network",
+            "none",
+            "mine:1",
+            "sh",
+            "-c",
+            "echo still here",
+        ])
+        .trim()
+        .to_string();
+    let (code, _, err) = b.kiln(&["rmi", "mine:1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("is using its referenced image"), "{err}");
+    // Forced: the tag goes, the image stays for the container (even through a prune).
+    b.ok(&["rmi", "-f", "mine:1"]);
+    b.ok(&["image", "prune", "-f", "-a"]);
+    assert_eq!(b.ok(&["start", "-a", &id]), "still here\n");
+    b.ok(&["rm", &id]);
+}

@@ -1143,7 +1143,7 @@ pub fn prune(_args: &PruneArgs, root: &Path) -> anyhow::Result<Outcome> {
         if s.is_running() {
             continue;
         }
-        lifecycle::remove_files(root, &c, false)?;
+        lifecycle::release_and_remove(root, &c, false)?;
         removed.push(c.config.id.clone());
     }
     if !removed.is_empty() {

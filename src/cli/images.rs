@@ -357,6 +357,7 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     let store = &engine.store;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
+    let in_use = crate::run::state::Containers::open(&engine.root)?.images_in_use()?;
     for name in &args.images {
         let img = match store.lookup(name) {
             Ok(i) => i,
@@ -367,6 +368,17 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             }
         };
         let tags = store.tags_of(&img.manifest_digest)?;
+        let user = in_use.get(img.id());
+        if let (Some(c), false) = (user, args.force) {
+            // docker refuses while a container (even a stopped one) uses the image.
+            eprintln!(
+                "Error response from daemon: conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+                &c[..12],
+                img.id().short()
+            );
+            failed = true;
+            continue;
+        }
         let by_tag = Reference::parse(name)
             .ok()
             .map(|r| r.with_default_tag().to_string())
@@ -388,7 +400,7 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             let (r, tag) = familiar(t);
             writeln!(out, "Untagged: {r}:{tag}")?;
         }
-        if store.tags_of(&img.manifest_digest)?.is_empty() {
+        if store.tags_of(&img.manifest_digest)?.is_empty() && user.is_none() {
             // Every manifest of this image ID goes (they share the config).
             for (m, id) in store.images()? {
                 if &id == img.id() && store.tags_of(&m)?.is_empty() {
@@ -477,7 +489,11 @@ pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let mut lines = Vec::new();
     let tags = store.tags()?;
+    let in_use = crate::run::state::Containers::open(&engine.root)?.images_in_use()?;
     for (manifest, id) in store.images()? {
+        if in_use.contains_key(&id) {
+            continue;
+        }
         let tagged: Vec<&String> = tags
             .iter()
             .filter(|(_, m)| **m == manifest)

@@ -134,12 +134,18 @@ pub fn remove(root: &Path, c: &Container, force: bool, volumes: bool) -> Result<
             });
         }
     }
+    release_and_remove(root, c, volumes)
+}
+
+/// Releases what the container may still hold (after a crash), then removes it.
+pub fn release_and_remove(root: &Path, c: &Container, volumes: bool) -> Result<()> {
+    monitor::release(root, c);
     remove_files(root, c, volumes)
 }
 
-/// Deletes the container's directory and what it held; anonymous volumes too with `volumes`.
+/// Deletes the container's directory; anonymous volumes too with `volumes`. The container
+/// must hold nothing any more (its monitor released cgroups and network).
 pub fn remove_files(root: &Path, c: &Container, volumes: bool) -> Result<()> {
-    monitor::release(root, c);
     let rootfs = c.path("rootfs");
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
     let trash = c.dir.with_file_name(format!(".rm-{}", c.config.id));

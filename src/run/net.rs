@@ -105,7 +105,9 @@ pub fn setup(root: &Path, c: &Container) -> Result<NetSetup> {
             let networks = Networks::open(root).map_err(net_err)?;
             let netns_path = c.path("netns");
             // Left over by a crash: start from a fresh namespace.
-            teardown(root, c);
+            if netns_path.exists() {
+                teardown(root, c);
+            }
             netns::create(&netns_path).map_err(net_err)?;
             let connected = (|| {
                 let ip = match &c.config.ip {

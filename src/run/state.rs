@@ -388,6 +388,16 @@ impl Containers {
         Ok(out)
     }
 
+    /// The image IDs containers (running or not) are made from: they must outlive `rmi` and
+    /// `image prune`, or the containers lose their root filesystem.
+    pub fn images_in_use(&self) -> Result<std::collections::BTreeMap<Digest, String>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|c| (c.config.image_id, c.config.id))
+            .collect())
+    }
+
     /// By full id, name (with or without a leading `/`) or unique id prefix, as docker.
     pub fn find(&self, key: &str) -> Result<Container> {
         let key = key.trim_start_matches('/');
