@@ -50,7 +50,11 @@ fn is_v2(root: &Path) -> bool {
 impl Cgroup {
     /// The directories of container `id` (whether they exist or not).
     pub fn locate(id: &str) -> Cgroup {
-        let root = Path::new(CGROUP_ROOT);
+        Cgroup::locate_in(Path::new(CGROUP_ROOT), id)
+    }
+
+    /// [`Cgroup::locate`] under another cgroup mount point (tests).
+    pub fn locate_in(root: &Path, id: &str) -> Cgroup {
         if is_v2(root) {
             Cgroup {
                 v2: true,
@@ -70,9 +74,13 @@ impl Cgroup {
 
     /// Creates the directories and writes the limits.
     pub fn create(id: &str, limits: &Limits) -> Result<Cgroup> {
-        let cg = Cgroup::locate(id);
+        Cgroup::create_in(Path::new(CGROUP_ROOT), id, limits)
+    }
+
+    /// [`Cgroup::create`] under another cgroup mount point (tests).
+    pub fn create_in(root: &Path, id: &str, limits: &Limits) -> Result<Cgroup> {
+        let cg = Cgroup::locate_in(root, id);
         if cg.v2 {
-            let root = Path::new(CGROUP_ROOT);
             let parent = root.join("kiln");
             std::fs::create_dir_all(&parent).map_err(cg_err(&parent))?;
             for dir in [root, parent.as_path()] {
@@ -241,6 +249,72 @@ pub fn parse_bytes(s: &str) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap().trim().to_string()
+    }
+
+    /// A pure v2 layout imitated in a temp dir (the kernel's files are plain files here).
+    #[test]
+    fn v2_limits_and_oom() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::write(r.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        std::fs::create_dir_all(r.join("kiln")).unwrap();
+        std::fs::write(r.join("kiln/cgroup.controllers"), "cpu memory pids\n").unwrap();
+        let limits = Limits {
+            memory: Some(64 << 20),
+            nano_cpus: Some(1_500_000_000),
+            pids: Some(50),
+        };
+        let cg = Cgroup::create_in(r, "abc", &limits).unwrap();
+        assert!(cg.v2);
+        let dir = r.join("kiln/abc");
+        assert_eq!(
+            read(&r.join("cgroup.subtree_control")),
+            "+memory +cpu +pids"
+        );
+        assert_eq!(read(&dir.join("memory.max")), (64 << 20).to_string());
+        assert_eq!(read(&dir.join("cpu.max")), "150000 100000");
+        assert_eq!(read(&dir.join("pids.max")), "50");
+        assert_eq!(cg.procs_files(), vec![dir.join("cgroup.procs")]);
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills(), 1);
+    }
+
+    /// This machine's layout: v1 controllers, each its own directory.
+    #[test]
+    fn v1_limits_and_oom() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for c in ["memory", "cpu", "pids"] {
+            std::fs::create_dir_all(r.join(c)).unwrap();
+        }
+        let limits = Limits {
+            memory: Some(32 << 20),
+            nano_cpus: Some(500_000_000),
+            pids: Some(-1),
+        };
+        let cg = Cgroup::create_in(r, "abc", &limits).unwrap();
+        assert!(!cg.v2);
+        assert_eq!(cg.dirs.len(), 3);
+        assert_eq!(
+            read(&r.join("memory/kiln/abc/memory.limit_in_bytes")),
+            (32 << 20).to_string()
+        );
+        assert_eq!(read(&r.join("cpu/kiln/abc/cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(&r.join("pids/kiln/abc/pids.max")), "max");
+        std::fs::write(
+            r.join("memory/kiln/abc/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills(), 2);
+    }
 
     #[test]
     fn sizes() {
