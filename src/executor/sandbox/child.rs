@@ -164,6 +164,26 @@ pub fn child_main(args: &[String]) -> ! {
         Ok(p) => p,
         Err(e) => reporter.fail(Failure::step("create a pipe", e)),
     };
+    // Moving a process into a cgroup waits for an RCU grace period (~10 ms): we do it for
+    // the child while it sets its mounts up, and tell it on this pipe when it is done.
+    let in_cgroups = !spec.run.cgroup_procs.is_empty() && spec.run.join_pid.is_none();
+    let (cgroup_r, cgroup_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => reporter.fail(Failure::step("create a pipe", e)),
+    };
+    // Opened now: the child's pivot_root also moves our root (same mount namespace).
+    let mut procs_files = Vec::new();
+    if in_cgroups {
+        for procs in &spec.run.cgroup_procs {
+            match std::fs::OpenOptions::new().write(true).open(procs) {
+                Ok(f) => procs_files.push((procs.clone(), f)),
+                Err(e) => reporter.fail(Failure::step(
+                    format!("open {}", procs.display()),
+                    mounts::io_errno(&e),
+                )),
+            }
+        }
+    }
     // SAFETY: this process is single-threaded (checked above), so the child may run any code.
     match unsafe { nix::unistd::fork() } {
         Err(e) => reporter.fail(Failure::step("fork", e)),
@@ -172,10 +192,29 @@ pub fn child_main(args: &[String]) -> ! {
                 reporter.fail(Failure::step("unblock signals", e));
             }
             drop(lifeline_w);
+            drop(cgroup_w);
             let mut report = |r: &Report| reporter.send(r);
-            let result = container_init(&sys, &spec, host_caps, &mut report, || {
-                helper_alive(lifeline_r.as_raw_fd())
-            });
+            let cgroups_joined = || {
+                if !in_cgroups {
+                    return true;
+                }
+                let mut byte = [0u8; 1];
+                loop {
+                    match nix::unistd::read(&cgroup_r, &mut byte) {
+                        Ok(1) => return true,
+                        Err(Errno::EINTR) => continue,
+                        _ => return false,
+                    }
+                }
+            };
+            let result = container_init(
+                &sys,
+                &spec,
+                host_caps,
+                &mut report,
+                || helper_alive(lifeline_r.as_raw_fd()),
+                cgroups_joined,
+            );
             match result {
                 Err(f) => reporter.fail(f),
                 // Only a recording double returns from execve.
@@ -184,9 +223,46 @@ pub fn child_main(args: &[String]) -> ! {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(lifeline_r);
+            drop(cgroup_r);
             reporter.send(&Report::Started {
                 pid: child.as_raw(),
             });
+            if in_cgroups {
+                let pid = child.as_raw().to_string();
+                let joined = procs_files.iter_mut().try_for_each(|(procs, f)| {
+                    use std::io::Write;
+                    f.write_all(pid.as_bytes()).map_err(|e| {
+                        Failure::step(
+                            format!("move the container into {}", procs.display()),
+                            mounts::io_errno(&e),
+                        )
+                    })
+                });
+                match joined {
+                    Ok(()) => {
+                        let _ = nix::unistd::write(&cgroup_w, b"j");
+                    }
+                    Err(f) => {
+                        reporter.send(&Report::Failed { failure: f });
+                        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                    }
+                }
+            }
+            drop(cgroup_w);
+            // Our stdio copies would keep the caller's output pipes open until our own exit
+            // (which waits for the namespaces' teardown): only the container holds them.
+            if let Ok(null) = nix::fcntl::open(
+                "/dev/null",
+                nix::fcntl::OFlag::O_RDWR,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                for fd in 0..3 {
+                    // SAFETY: dup2 onto our own standard descriptors.
+                    unsafe {
+                        libc::dup2(null.as_raw_fd(), fd);
+                    }
+                }
+            }
             for fd in [spec.run.exec_fd, spec.run.console_fd]
                 .into_iter()
                 .flatten()
@@ -290,6 +366,7 @@ pub fn container_init(
     host: HostCaps,
     report: &mut dyn FnMut(&Report),
     helper_alive: impl Fn() -> bool,
+    cgroups_joined: impl Fn() -> bool,
 ) -> Result<(), Failure> {
     sys.set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| Failure::step("set the parent-death signal", e))?;
@@ -302,10 +379,6 @@ pub fn container_init(
         sys.chdir(Path::new(&spec.cwd))
             .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
         return secure_and_exec(sys, spec, host, &command);
-    }
-    for procs in &spec.run.cgroup_procs {
-        sys.write_file(procs, "0")
-            .map_err(|e| Failure::step(format!("join cgroup {}", procs.display()), e))?;
     }
     sys.umask(0);
 
@@ -339,6 +412,13 @@ pub fn container_init(
     sys.chdir(Path::new(&spec.cwd))
         .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
     setup_console(spec)?;
+    // The helper has moved us into the container's cgroups before anything of the command
+    // runs.
+    if !cgroups_joined() {
+        return Err(Failure::invalid(
+            "the sandbox helper could not move the container into its cgroups",
+        ));
+    }
     secure_and_exec(sys, spec, host, &command)
 }
 
@@ -747,7 +827,14 @@ mod tests {
         let sys = RecordingSyscall::with_fs(&spec.rootfs);
         let mut reports = Vec::new();
         helper_setup(&sys, spec).unwrap();
-        let result = container_init(&sys, spec, HOST, &mut |r| reports.push(r.clone()), || true);
+        let result = container_init(
+            &sys,
+            spec,
+            HOST,
+            &mut |r| reports.push(r.clone()),
+            || true,
+            || true,
+        );
         let root = spec.rootfs.display().to_string();
         let mut lines: Vec<String> = sys.calls().iter().map(|c| show(c, &root)).collect();
         // Collapse the run of bounding-set drops into one line.
@@ -915,7 +1002,7 @@ mod tests {
         let spec = spec(d.path());
         let sys = RecordingSyscall::default();
         sys.fail_when(|c| matches!(c, Call::PivotRoot(..)), Errno::EINVAL);
-        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true);
+        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true, || true);
         assert_eq!(
             r,
             Err(Failure::Step {
@@ -928,7 +1015,7 @@ mod tests {
 
         let sys = RecordingSyscall::default();
         sys.fail_when(|c| matches!(c, Call::Execve(..)), Errno::EACCES);
-        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true);
+        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true, || true);
         assert_eq!(
             r,
             Err(Failure::Exec {
@@ -939,7 +1026,7 @@ mod tests {
         );
 
         let sys = RecordingSyscall::default();
-        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || false);
+        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || false, || true);
         assert!(matches!(r, Err(Failure::Invalid { .. })));
     }
 

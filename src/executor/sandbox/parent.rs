@@ -243,7 +243,8 @@ enum Event {
     Execed,
     /// The master side of the container's pty.
     Console(std::fs::File),
-    Closed,
+    /// A reader is done (`true`: the report reader).
+    Closed(bool),
 }
 
 fn pump_output(mut pipe: impl Read, stream: Stream, tx: mpsc::Sender<Event>) {
@@ -260,7 +261,7 @@ fn pump_output(mut pipe: impl Read, stream: Stream, tx: mpsc::Sender<Event>) {
             Err(_) => break,
         }
     }
-    let _ = tx.send(Event::Closed);
+    let _ = tx.send(Event::Closed(false));
 }
 
 fn send_lines(buf: &mut Vec<u8>, tx: &mpsc::Sender<Event>) -> bool {
@@ -347,7 +348,7 @@ fn pump_reports(mut pipe: std::fs::File, mut exec: Option<std::fs::File>, tx: mp
             }
         }
     }
-    let _ = tx.send(Event::Closed);
+    let _ = tx.send(Event::Closed(true));
 }
 
 /// Receives one file descriptor (SCM_RIGHTS) from the container's console socket; None when
@@ -524,9 +525,8 @@ pub(super) fn run(
         let tx = tx.clone();
         let reports = std::fs::File::from(report_r);
         let exec = std::fs::File::from(exec_r);
-        threads.push(std::thread::spawn(move || {
-            pump_reports(reports, Some(exec), tx)
-        }));
+        // Not joined once the exit is known: its EOF waits for the helper's own exit.
+        std::thread::spawn(move || pump_reports(reports, Some(exec), tx));
     }
     if let Some(sock) = console {
         let tx = tx.clone();
@@ -534,13 +534,17 @@ pub(super) fn run(
             if let Some(master) = receive_fd(&sock) {
                 let _ = tx.send(Event::Console(master));
             }
-            let _ = tx.send(Event::Closed);
+            let _ = tx.send(Event::Closed(false));
         }));
     }
     drop(tx);
     let mut running = Running { child: Some(child) };
 
+    // Output readers (and the console receiver); the report reader counts until the exit
+    // report: the helper's own exit comes later, after the kernel has torn the namespaces
+    // down (RCU grace periods), and nothing of the container is left by then anyway.
     let mut open = threads.len();
+    let mut reports_open = true;
     let mut cancelled = false;
     let mut created = Vec::new();
     let mut failure = None;
@@ -548,7 +552,7 @@ pub(super) fn run(
     let mut garbled = Vec::new();
     let mut started = None;
     let mut console_master = None;
-    while open > 0 {
+    while open > 0 || (reports_open && exited.is_none()) {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
             Ok(Event::Report(Report::Created { path })) => created.push(path),
@@ -565,7 +569,8 @@ pub(super) fn run(
             Ok(Event::Report(Report::Failed { failure: f })) => failure = Some(f),
             Ok(Event::Report(Report::Exited { code, signal })) => exited = Some((code, signal)),
             Ok(Event::Garbled(line)) => garbled.push(line),
-            Ok(Event::Closed) => open -= 1,
+            Ok(Event::Closed(true)) => reports_open = false,
+            Ok(Event::Closed(false)) => open -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -583,7 +588,13 @@ pub(super) fn run(
         let _ = t.join();
     }
     let status = match running.child.take() {
-        Some(mut child) => child.wait().map_err(io_error(&exe))?,
+        // PID 1 has been reaped, so every process of the sandbox is gone: the helper is
+        // reaped in the background.
+        Some(mut child) if exited.is_some() && !cancelled => {
+            std::thread::spawn(move || child.wait());
+            None
+        }
+        Some(mut child) => Some(child.wait().map_err(io_error(&exe))?),
         None => return Err(SandboxError::Cancelled),
     };
     if !garbled.is_empty() {
@@ -605,7 +616,7 @@ pub(super) fn run(
         }),
         None => Err(SandboxError::HelperExited {
             exe,
-            status: status.to_string(),
+            status: status.map(|s| s.to_string()).unwrap_or_default(),
         }),
     }
 }
