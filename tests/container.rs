@@ -88,6 +88,10 @@ impl Lab {
             })
             .unwrap_or_default();
         assert!(left.is_empty(), "container state left: {left:?}");
+        let netns: Vec<_> = std::fs::read_dir(self.root().join("netns"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(netns.is_empty(), "network namespaces left: {netns:?}");
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let root = self.root().to_string_lossy().into_owned();
         assert!(

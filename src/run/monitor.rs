@@ -302,7 +302,7 @@ fn run_once(
     log: &Arc<Mutex<LogWriter>>,
     attach: &mut Option<Attach>,
     on_started: &mut dyn FnMut(i32),
-) -> RunEnd {
+) -> (RunEnd, Option<std::thread::JoinHandle<()>>) {
     let stdin = attach.as_mut().and_then(|a| a.stdin.take());
     let console = c.config.tty.then(|| {
         attach
@@ -313,10 +313,11 @@ fn run_once(
     let prepared = match prepare(root, snapshots, c, stdin, console) {
         Ok(p) => p,
         Err(e) => {
-            return RunEnd::Failed {
+            let end = RunEnd::Failed {
                 code: exit_code_for(&e),
                 error: e.to_string(),
-            }
+            };
+            return (end, None);
         }
     };
     if let Err(e) = c.update_state(|s| {
@@ -377,12 +378,21 @@ fn run_once(
         l.flush();
     }
     let oom = prepared.cgroup.oom_kills() > 0;
-    drop(prepared.net);
-    net::teardown(root, c);
+    // The network's release waits on the kernel (a veth deletion waits for RCU): it goes on
+    // while we record the exit (and remove a --rm container); the caller joins it.
+    let net = prepared.net;
+    let net_release = {
+        let root = root.to_path_buf();
+        let c = c.clone();
+        std::thread::spawn(move || {
+            drop(net);
+            net::teardown(&root, &c);
+        })
+    };
     if let Err(e) = prepared.cgroup.remove() {
         tracing::warn!(container = c.short_id(), error = %e, "cannot remove cgroups");
     }
-    match result {
+    let end = match result {
         Ok(outcome) => RunEnd::Exited {
             code: outcome.exit_code,
             oom,
@@ -394,7 +404,8 @@ fn run_once(
                 error: e.to_string(),
             }
         }
-    }
+    };
+    (end, Some(net_release))
 }
 
 /// What the first start of [`supervise`] reports: Ok once the command runs.
@@ -418,6 +429,7 @@ pub fn supervise(
     let mut reported = false;
     let mut delay = Duration::from_millis(100);
     let mut first = true;
+    let mut net_release: Option<std::thread::JoinHandle<()>> = None;
     let code = loop {
         let started = Instant::now();
         let monitor_pid = std::process::id() as i32;
@@ -456,7 +468,11 @@ pub fn supervise(
                 report(Ok(()));
             }
         };
-        let end = run_once(root, snapshots, c, &log, &mut attach, &mut on_started);
+        if let Some(h) = net_release.take() {
+            let _ = h.join();
+        }
+        let (end, release) = run_once(root, snapshots, c, &log, &mut attach, &mut on_started);
+        net_release = release;
         FORWARD_PID.store(0, Ordering::SeqCst);
         if let Ok(mut h) = health.lock() {
             h.take();
@@ -517,6 +533,9 @@ pub fn supervise(
         if let Err(e) = super::container::remove_files(root, c, true) {
             tracing::warn!(container = c.short_id(), error = %e, "--rm: cannot remove the container");
         }
+    }
+    if let Some(h) = net_release.take() {
+        let _ = h.join();
     }
     drop(running);
     Ok(code)

@@ -80,6 +80,12 @@ fn bindings(c: &Container) -> Result<Vec<PortBinding>> {
         .collect()
 }
 
+/// Where the container's network namespace is bound: outside its directory, so that `--rm`
+/// can delete the directory while the network is still being released.
+pub fn netns_path(root: &Path, c: &Container) -> std::path::PathBuf {
+    root.join("netns").join(&c.config.id)
+}
+
 /// Prepares the container's network for one run.
 pub fn setup(root: &Path, c: &Container) -> Result<NetSetup> {
     match c.config.network_mode.as_str() {
@@ -103,7 +109,11 @@ pub fn setup(root: &Path, c: &Container) -> Result<NetSetup> {
         }),
         name => {
             let networks = Networks::open(root).map_err(net_err)?;
-            let netns_path = c.path("netns");
+            let netns_path = netns_path(root, c);
+            if let Some(dir) = netns_path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| RunError::Network(format!("creating {}: {e}", dir.display())))?;
+            }
             // Left over by a crash: start from a fresh namespace.
             if netns_path.exists() {
                 teardown(root, c);
@@ -185,7 +195,7 @@ pub fn teardown(root: &Path, c: &Container) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot open the networks"),
     }
-    if let Err(e) = netns::remove(&c.path("netns")) {
+    if let Err(e) = netns::remove(&netns_path(root, c)) {
         tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
     }
 }
