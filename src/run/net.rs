@@ -187,6 +187,12 @@ pub fn teardown(root: &Path, c: &Container) {
     if matches!(c.config.network_mode.as_str(), "none" | "host") {
         return;
     }
+    // The namespace first: with no process left in it, the kernel destroys it (and the
+    // container's veth with it) in the background, so the release below rarely has to wait
+    // for a veth deletion itself.
+    if let Err(e) = netns::remove(&netns_path(root, c)) {
+        tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
+    }
     match Networks::open(root) {
         Ok(n) => {
             if let Err(e) = n.release_container(&c.config.id) {
@@ -194,8 +200,5 @@ pub fn teardown(root: &Path, c: &Container) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot open the networks"),
-    }
-    if let Err(e) = netns::remove(&netns_path(root, c)) {
-        tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
     }
 }
