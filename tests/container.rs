@@ -916,3 +916,74 @@ fn images_used_by_containers_are_kept() {
     assert_eq!(b.ok(&["start", "-a", &id]), "still here\n");
     b.ok(&["rm", &id]);
 }
+
+#[test]
+fn stdin_is_forwarded_with_i() {
+    let b = Lab::new();
+    let mut cmd = kiln(b.root());
+    cmd.args([
+        "run",
+        "-i",
+        "--rm",
+        "--network",
+        "none",
+        b.image,
+        "sh",
+        "-c",
+        "tr a-z A-Z; echo done",
+    ]);
+    let out = run(cmd, Some("hello\n"));
+    assert_eq!(stdout(&out), "HELLO\ndone\n", "{}", stderr(&out));
+    let id = b
+        .ok(&["run", "-d", "--network", "none", b.image, "sleep", "100"])
+        .trim()
+        .to_string();
+    let mut cmd = kiln(b.root());
+    cmd.args(["exec", "-i", &id, "sh", "-c", "cat > /etc/in; cat /etc/in"]);
+    let out = run(cmd, Some("via exec\n"));
+    assert_eq!(stdout(&out), "via exec\n", "{}", stderr(&out));
+    b.ok(&["rm", "-f", &id]);
+}
+
+#[test]
+fn restart_always_until_stopped_with_the_images_stopsignal() {
+    let b = Lab::new();
+    b.k.build(
+        &b.k.context(
+            "sig",
+            &format!("FROM {}\nSTOPSIGNAL SIGUSR1\n", b.image),
+            &[],
+        ),
+        &["-t", "sig:1"],
+    );
+    let id = b
+        .ok(&[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--restart",
+            "always",
+            "sig:1",
+            "sh",
+            "-c",
+            "trap 'echo usr1; exit 0' USR1; echo up; sleep 0.3 & wait",
+        ])
+        .trim()
+        .to_string();
+    b.until(20, "two restarts", || {
+        b.inspect(&id)["RestartCount"].as_u64().unwrap_or(0) >= 2
+    });
+    b.until(10, "running again", || b.status(&id) == "running");
+    b.ok(&["stop", &id]);
+    let v = b.inspect(&id);
+    assert_eq!(v["State"]["Status"], "exited", "{v}");
+    assert_eq!(v["Config"]["StopSignal"], "SIGUSR1");
+    let count = v["RestartCount"].as_u64();
+    // Stopped by hand: no restart follows.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(b.inspect(&id)["RestartCount"].as_u64(), count);
+    assert_eq!(b.status(&id), "exited");
+    b.ok(&["rm", &id]);
+    b.assert_nothing_left(&[id]);
+}
