@@ -1010,6 +1010,7 @@ pub fn inspect_json(c: &Container, s: &State) -> Value {
 pub fn inspect(args: &InspectArgs, root: &Path) -> anyhow::Result<Outcome> {
     let mut docs = Vec::new();
     let mut failed = false;
+    let mut engine = None;
     for n in &args.containers {
         match find(root, n).and_then(|c| {
             let s = c.state()?;
@@ -1017,8 +1018,22 @@ pub fn inspect(args: &InspectArgs, root: &Path) -> anyhow::Result<Outcome> {
         }) {
             Ok(d) => docs.push(d),
             Err(e) => {
-                eprintln!("kiln: error: {e:#}");
-                failed = true;
+                // Like docker, an image of that name is inspected too.
+                if engine.is_none() {
+                    engine = Some(Engine::open(root)?);
+                }
+                let image = engine.as_ref().and_then(|en| {
+                    let img = en.store.lookup(n).ok()?;
+                    let tags = en.store.tags_of(&img.manifest_digest).ok()?;
+                    Some(super::images::inspect_json(&img, &tags, "overlayfs"))
+                });
+                match image {
+                    Some(d) => docs.push(d),
+                    None => {
+                        eprintln!("kiln: error: {e:#}");
+                        failed = true;
+                    }
+                }
             }
         }
     }

@@ -204,7 +204,7 @@ pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 }
 
 /// Docker's `image inspect` document for one image.
-fn inspect_json(img: &StoredImage, tags: &[String], driver: &str) -> Value {
+pub(super) fn inspect_json(img: &StoredImage, tags: &[String], driver: &str) -> Value {
     let repo_tags: Vec<String> = tags
         .iter()
         .map(|t| {
