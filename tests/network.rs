@@ -602,15 +602,26 @@ fn network_cli_create_ls_inspect_rm_prune() {
     assert!(ok(&["network", "prune", "-f"]).is_empty());
     nets.release_container(&ns.id).unwrap();
 
+    // A subnet of its own (parallel runs of this test must not collide).
+    let r = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    let subnet = format!("10.{}.{}.0/24", 200 + r % 50, (r >> 8) % 256);
+    let gateway = subnet.replace(".0/24", ".9");
     ok(&[
         "network",
         "create",
         "--subnet",
-        "10.231.7.0/24",
+        &subnet,
         "--gateway",
-        "10.231.7.9",
+        &gateway,
         "second",
     ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["network", "inspect", "second"])).unwrap();
+    assert_eq!(json[0]["IPAM"]["Config"][0]["Gateway"], gateway.as_str());
     let pruned = ok(&["network", "prune", "-f"]);
     assert!(pruned.starts_with("Deleted Networks:\n"), "{pruned}");
     assert!(
