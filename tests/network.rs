@@ -784,3 +784,64 @@ fn bridges_of_deleted_roots_are_collected() {
     assert!(!iptables_save().contains(&format!("kiln:{}", &info.id[..12])));
     nets.teardown().unwrap();
 }
+
+#[test]
+fn dns_forwards_other_names_upstream() {
+    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::rr::{rdata::A, RData, Record};
+
+    let dir = tempfile::tempdir().unwrap();
+    let nets = Networks::open(dir.path()).unwrap();
+    nets.create("fwd", &CreateOptions::default()).unwrap();
+    let wan = Wan::new();
+    // A stand-in upstream nameserver on the outside namespace: every A query gets 198.51.100.77.
+    let file = std::fs::File::open(format!("/run/netns/{}", wan.name)).unwrap();
+    let sock = std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        UdpSocket::bind(("0.0.0.0", 53)).unwrap()
+    })
+    .join()
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+            for query in &q.queries {
+                resp.add_query(query.clone());
+                if query.query_type() == hickory_proto::rr::RecordType::A {
+                    resp.add_answer(Record::from_rdata(
+                        query.name().clone(),
+                        60,
+                        RData::A(A(Ipv4Addr::new(198, 51, 100, 77))),
+                    ));
+                }
+            }
+            let _ = sock.send_to(&resp.to_vec().unwrap(), peer);
+        }
+    });
+    let ns = Ns::new(dir.path(), "asker");
+    nets.connect("fwd", &ns.req("asker")).unwrap();
+    let _dns = dns::spawn_with_upstreams(
+        &ns.path,
+        nets.clone(),
+        &ns.id,
+        vec![std::net::IpAddr::V4(wan.addr)],
+    )
+    .unwrap();
+    let out = nslookup(&ns, "somewhere.example");
+    assert!(out.contains("198.51.100.77"), "forwarded lookup: {out}");
+    // Its own name is still answered locally.
+    let out = nslookup(&ns, "asker");
+    assert!(!out.contains("198.51.100.77"), "{out}");
+    nets.release_container(&ns.id).unwrap();
+    nets.teardown().unwrap();
+}
