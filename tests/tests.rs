@@ -8,6 +8,7 @@ mod check_cli;
 mod conformance;
 mod golden;
 mod images_cli;
+mod network;
 mod parser_properties;
 mod run;
 mod sandbox;

@@ -8,6 +8,7 @@ mod check;
 mod engine;
 mod format;
 mod images;
+mod network;
 mod progress;
 mod system;
 
@@ -65,6 +66,11 @@ pub enum Command {
     Builder {
         #[command(subcommand)]
         command: builder::BuilderCommand,
+    },
+    /// Manage networks.
+    Network {
+        #[command(subcommand)]
+        command: network::NetworkCommand,
     },
     /// Manage kiln.
     System {
@@ -160,6 +166,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Builder { command } => match command {
             builder::BuilderCommand::Prune(args) => builder::prune(args, &engine()?),
         },
+        Command::Network { command } => network::run(command, &cli.root),
         Command::System { command } => match command {
             SystemCommand::Df => system::df(&engine()?),
         },
