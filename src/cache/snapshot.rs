@@ -419,11 +419,8 @@ struct Guard {
 }
 
 impl Guard {
-    fn release(&mut self) -> Result<()> {
-        if self.released {
-            return Ok(());
-        }
-        self.released = true;
+    /// Unmounts what this guard mounted (once), checking it is really gone.
+    fn unmount(&mut self) -> Result<()> {
         if let (Some(target), Some(mounter)) = (self.mounted.take(), self.mounter.as_deref()) {
             unmount(mounter, &target)?;
             if is_mount_point(&target) {
@@ -433,6 +430,15 @@ impl Guard {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        self.unmount()?;
         fs::remove_dir_all(&self.dir).map_err(io_err("removing", &self.dir))?;
         self.lock = None;
         Ok(())
@@ -458,24 +464,6 @@ impl View {
     /// The root of the merged tree.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Unmounts the rootfs but keeps `upper`, so that its entries can be moved into a
-    /// committed snapshot instead of copied. Call after [`Active::diff`]; `rootfs` is unusable
-    /// afterwards. Dropping or [`Active::close`] still removes whatever is left.
-    pub fn unmount(&mut self) -> Result<()> {
-        if let (Some(target), Some(mounter)) =
-            (self.guard.mounted.take(), self.guard.mounter.as_deref())
-        {
-            unmount(mounter, &target)?;
-            if is_mount_point(&target) {
-                return Err(SnapshotError::Unmount {
-                    target,
-                    source: Errno::EBUSY,
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Unmounts and cleans up now.
@@ -543,18 +531,7 @@ impl Active {
     /// committed snapshot instead of copied. Call after [`Active::diff`]; `rootfs` is unusable
     /// afterwards. Dropping or [`Active::close`] still removes whatever is left.
     pub fn unmount(&mut self) -> Result<()> {
-        if let (Some(target), Some(mounter)) =
-            (self.guard.mounted.take(), self.guard.mounter.as_deref())
-        {
-            unmount(mounter, &target)?;
-            if is_mount_point(&target) {
-                return Err(SnapshotError::Unmount {
-                    target,
-                    source: Errno::EBUSY,
-                });
-            }
-        }
-        Ok(())
+        self.guard.unmount()
     }
 
     /// Unmounts and cleans up now.

@@ -215,6 +215,9 @@ pub fn run_graph(
 mod tests {
     use super::*;
 
+    /// Two independent stages and a final one that copies from both.
+    const THREE_STAGES: &str = "FROM scratch AS a\nCOPY a /a\nFROM scratch AS b\nCOPY b /b\nFROM scratch\nCOPY c /c\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n";
+
     #[test]
     fn fixed_jobs_never_burst() {
         let mut a = Admission::new(Jobs::fixed(2));
@@ -239,9 +242,7 @@ mod tests {
     #[test]
     fn idle_cpus_let_more_steps_start() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let plan = crate::graph::dag::tests::plan(
-            "FROM scratch AS a\nCOPY a /a\nFROM scratch AS b\nCOPY b /b\nFROM scratch\nCOPY c /c\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
-        );
+        let plan = crate::graph::dag::tests::plan(THREE_STAGES);
         let graph = StepGraph::new(&plan).expect("graph");
         let arrived = AtomicUsize::new(0);
         let max_seen = AtomicUsize::new(0);
@@ -266,9 +267,7 @@ mod tests {
     #[test]
     fn a_fixed_limit_is_never_exceeded() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let plan = crate::graph::dag::tests::plan(
-            "FROM scratch AS a\nCOPY a /a\nFROM scratch AS b\nCOPY b /b\nFROM scratch\nCOPY c /c\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
-        );
+        let plan = crate::graph::dag::tests::plan(THREE_STAGES);
         let graph = StepGraph::new(&plan).expect("graph");
         let running = AtomicUsize::new(0);
         let max_seen = AtomicUsize::new(0);
