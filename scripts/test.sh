@@ -3,8 +3,9 @@
 # packages the tests need (if missing), then runs every unit and integration test once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# busybox-static: the tests' base image; skopeo, umoci: interop checks; git: ADD of git repos.
-packages=(build-essential python3 busybox-static skopeo umoci git)
+# busybox-static: the tests' base image; skopeo, umoci: interop checks; git: ADD of git repos;
+# docker-registry (Distribution) and apache2-utils (htpasswd): the registry tests.
+packages=(build-essential python3 busybox-static skopeo umoci git docker-registry apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

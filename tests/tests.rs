@@ -9,5 +9,6 @@ mod conformance;
 mod golden;
 mod images_cli;
 mod parser_properties;
+mod registry;
 mod run;
 mod sandbox;

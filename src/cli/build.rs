@@ -357,8 +357,15 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
     let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
     for spec in &cache_from {
-        let got = cache_export::import_cache(&engine.store, &cache, spec, &settings, &Silent)
-            .with_context(|| format!("importing build cache from {}", spec_name(spec)))?;
+        let got = cache_export::import_cache(
+            &engine.store,
+            &cache,
+            spec,
+            &settings,
+            &Silent,
+            Some(snapshots.as_ref()),
+        )
+        .with_context(|| format!("importing build cache from {}", spec_name(spec)))?;
         if !args.quiet {
             eprintln!(
                 "imported build cache from {}: {} steps, {} layers",

@@ -15,7 +15,8 @@
 //! the default: those whose layer is in the final image, plus metadata-only steps). Import
 //! downloads the document and every layer blob the store lacks (verified, like pull), then
 //! adds the records the local index does not have, before the build starts: the executor
-//! sees ordinary cache hits. A directory (`type=local`) holds the same manifest as an OCI
+//! sees ordinary cache hits. The final image's layer chain is unpacked into snapshots, so a
+//! step that misses after imported hits has its parent. A directory (`type=local`) holds the same manifest as an OCI
 //! image layout (`oci-layout`, `index.json`, `blobs/sha256/…`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -118,6 +119,10 @@ impl CacheSpec {
 #[derive(Debug, Serialize, Deserialize)]
 struct CacheDocument {
     records: BTreeMap<Digest, CacheRecord>,
+    /// Layer chains (diff IDs, base first) to unpack into snapshots on import: the final
+    /// image's, so a step that misses after imported hits finds its parent snapshot.
+    #[serde(default)]
+    chains: Vec<Vec<Digest>>,
 }
 
 /// What an export or import moved.
@@ -162,7 +167,10 @@ pub fn export_cache(
         records.insert(key.clone(), record.clone());
     }
     let record_count = records.len();
-    let doc = to_canonical_json(&CacheDocument { records });
+    let doc = to_canonical_json(&CacheDocument {
+        records,
+        chains: vec![final_diff_ids.to_vec()],
+    });
     let (config_digest, config_size) = lease.put(&store.content, &doc)?;
     let manifest = Manifest {
         schema_version: 2,
@@ -268,16 +276,17 @@ pub fn import_cache(
     spec: &CacheSpec,
     settings: &RegistrySettings,
     progress: &dyn Progress,
+    snapshots: Option<&dyn crate::cache::snapshot::Snapshotter>,
 ) -> Result<CacheTransfer> {
     let lease = Leases::acquire(store.root(), "cache import")?;
-    let records = match &spec.location {
+    let doc = match &spec.location {
         CacheLocation::Registry(source) => {
             let rt = runtime()?;
             rt.block_on(import_registry(store, &lease, source, settings, progress))?
         }
         CacheLocation::Local(dir) => import_local(store, &lease, dir)?,
     };
-    let Some(records) = records else {
+    let Some(CacheDocument { records, chains }) = doc else {
         return Ok(CacheTransfer::default());
     };
     let layers: BTreeSet<&Digest> = records
@@ -288,11 +297,33 @@ pub fn import_cache(
         records: records.len(),
         layers: layers.len(),
     };
+    let blob_of: BTreeMap<Digest, Digest> = records
+        .values()
+        .filter_map(|r| r.layer.as_ref())
+        .map(|l| (l.diff_id.clone(), l.blob.digest.clone()))
+        .collect();
     cache.update(|entries| {
         for (k, r) in records {
             entries.entry(k).or_insert(r);
         }
     })?;
+    if let Some(snapshots) = snapshots {
+        for chain in chains {
+            let mut prefix = Vec::new();
+            let mut parent = None;
+            for diff_id in chain {
+                let Some(blob) = blob_of.get(&diff_id) else {
+                    break;
+                };
+                prefix.push(diff_id);
+                let Some(id) = crate::cache::snapshot::chain_id(&prefix) else {
+                    break;
+                };
+                super::pull::unpack_layer(store, snapshots, &id, parent.as_ref(), blob)?;
+                parent = Some(id);
+            }
+        }
+    }
     // The records now keep their layers alive.
     drop(lease);
     Ok(transfer)
@@ -309,7 +340,7 @@ async fn import_registry(
     source: &Reference,
     settings: &RegistrySettings,
     progress: &dyn Progress,
-) -> Result<Option<BTreeMap<Digest, CacheRecord>>> {
+) -> Result<Option<CacheDocument>> {
     let shown = source.to_string();
     let registry = Registry::connect(&source.domain, settings).await?;
     let tag = source
@@ -354,7 +385,10 @@ async fn import_registry(
         .buffer_unordered(4)
         .try_collect::<Vec<bool>>()
         .await?;
-    Ok(Some(keep_complete(store, lease, doc.records)?))
+    Ok(Some(CacheDocument {
+        records: keep_complete(store, lease, doc.records)?,
+        chains: doc.chains,
+    }))
 }
 
 /// Drops records whose layer blob is missing (a hit needs the blob).
@@ -390,11 +424,7 @@ fn ingest_file(store: &ImageStore, lease: &Lease, dir: &Path, d: &Descriptor) ->
     Ok(())
 }
 
-fn import_local(
-    store: &ImageStore,
-    lease: &Lease,
-    dir: &Path,
-) -> Result<Option<BTreeMap<Digest, CacheRecord>>> {
+fn import_local(store: &ImageStore, lease: &Lease, dir: &Path) -> Result<Option<CacheDocument>> {
     let index_path = dir.join("index.json");
     let bytes = match std::fs::read(&index_path) {
         Ok(b) => b,
@@ -424,7 +454,10 @@ fn import_local(
     for l in &manifest.layers {
         ingest_file(store, lease, dir, l)?;
     }
-    Ok(Some(keep_complete(store, lease, doc.records)?))
+    Ok(Some(CacheDocument {
+        records: keep_complete(store, lease, doc.records)?,
+        chains: doc.chains,
+    }))
 }
 
 #[cfg(test)]

@@ -638,7 +638,11 @@ impl Registry {
                 registry: self.domain.clone(),
                 hint: ": the token server refused the credentials".into(),
             },
-            OciDistributionError::RequestError(e) => self.transport(reference, &e),
+            // `error_for_status` errors (HEAD of a blob) carry only the status.
+            OciDistributionError::RequestError(e) => match e.status() {
+                Some(status) => self.status_error(reference, status.as_u16(), b""),
+                None => self.transport(reference, &e),
+            },
             OciDistributionError::IoError(e) => self.io_error(reference, "a blob", e),
             OciDistributionError::DigestError(DigestError::VerificationError {
                 expected,
