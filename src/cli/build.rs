@@ -73,7 +73,8 @@ pub struct BuildArgs {
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
 
-    /// How many stages may build at the same time (default: the number of CPUs).
+    /// How many steps may run at the same time (default: one per CPU, and more, up to four
+    /// per CPU, while CPUs sit idle).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 
@@ -356,16 +357,14 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     let lease =
         crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
     let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
+    let cache_env = cache_export::CacheEnv {
+        settings: &settings,
+        progress: &Silent,
+        snapshots: Some(snapshots.as_ref()),
+    };
     for spec in &cache_from {
-        let got = cache_export::import_cache(
-            &engine.store,
-            &cache,
-            spec,
-            &settings,
-            &Silent,
-            Some(snapshots.as_ref()),
-        )
-        .with_context(|| format!("importing build cache from {}", spec_name(spec)))?;
+        let got = cache_export::import_cache(&engine.store, &cache, spec, &cache_env)
+            .with_context(|| format!("importing build cache from {}", spec_name(spec)))?;
         if !args.quiet {
             eprintln!(
                 "imported build cache from {}: {} steps, {} layers",
@@ -391,11 +390,11 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         lease: &lease,
         cache: Some(&cache),
         no_cache,
-        jobs: args.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        jobs: args
+            .jobs
+            .map_or_else(crate::executor::schedule::Jobs::adaptive, |n| {
+                crate::executor::schedule::Jobs::fixed(n)
+            }),
         explain: Some(Explain {
             previous: if args.explain {
                 BuildRecord::load(&explain_path)
@@ -508,8 +507,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
             &cache.touched(),
             &image.config.rootfs.diff_ids,
             spec,
-            &settings,
-            &Silent,
+            &cache_env,
         )
         .with_context(|| format!("exporting build cache to {}", spec_name(spec)))?;
         progress.note(

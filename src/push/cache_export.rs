@@ -125,6 +125,14 @@ struct CacheDocument {
     chains: Vec<Vec<Digest>>,
 }
 
+/// What cache export and import talk to.
+pub struct CacheEnv<'a> {
+    pub settings: &'a RegistrySettings,
+    pub progress: &'a dyn Progress,
+    /// Where layers built here live (export) and where imported chains are unpacked.
+    pub snapshots: Option<&'a dyn crate::cache::snapshot::Snapshotter>,
+}
+
 /// What an export or import moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheTransfer {
@@ -140,9 +148,13 @@ pub fn export_cache(
     keys: &[Digest],
     final_diff_ids: &[Digest],
     spec: &CacheSpec,
-    settings: &RegistrySettings,
-    progress: &dyn Progress,
+    env: &CacheEnv<'_>,
 ) -> Result<CacheTransfer> {
+    let CacheEnv {
+        settings,
+        progress,
+        snapshots,
+    } = *env;
     let lease = Leases::acquire(store.root(), "cache export")?;
     let entries = cache.entries()?;
     let in_image: BTreeSet<&Digest> = final_diff_ids.iter().collect();
@@ -157,8 +169,22 @@ pub fn export_cache(
                 continue;
             }
             if !lease.protect_existing(&store.content, &l.blob.digest)? {
-                tracing::warn!(key = %key, blob = %l.blob.digest, "cache record's layer is gone; not exported");
-                continue;
+                // Layers built here may exist only as snapshots: write their blob now.
+                match (&l.chain, snapshots) {
+                    (Some(chain), Some(snaps)) if l.blob.digest == l.diff_id => {
+                        crate::cache::layer_blob::ensure_layer(
+                            &store.content,
+                            snaps,
+                            &lease,
+                            chain,
+                            &l.diff_id,
+                        )?;
+                    }
+                    _ => {
+                        tracing::warn!(key = %key, blob = %l.blob.digest, "cache record's layer is gone; not exported");
+                        continue;
+                    }
+                }
             }
             if !layers.iter().any(|d| d.digest == l.blob.digest) {
                 layers.push(l.blob.clone());
@@ -274,10 +300,13 @@ pub fn import_cache(
     store: &ImageStore,
     cache: &BuildCache,
     spec: &CacheSpec,
-    settings: &RegistrySettings,
-    progress: &dyn Progress,
-    snapshots: Option<&dyn crate::cache::snapshot::Snapshotter>,
+    env: &CacheEnv<'_>,
 ) -> Result<CacheTransfer> {
+    let CacheEnv {
+        settings,
+        progress,
+        snapshots,
+    } = *env;
     let lease = Leases::acquire(store.root(), "cache import")?;
     let doc = match &spec.location {
         CacheLocation::Registry(source) => {

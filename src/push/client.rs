@@ -124,6 +124,8 @@ pub enum RegistryError {
     BuildCache(#[from] crate::cache::buildcache::BuildCacheError),
     #[error(transparent)]
     Lock(#[from] crate::cache::lock::LockError),
+    #[error(transparent)]
+    LayerBlob(#[from] crate::cache::layer_blob::LayerBlobError),
     #[error("unpacking layer {blob}: {message}")]
     Unpack { blob: Digest, message: String },
     #[error("{op} {path}: {source}")]
