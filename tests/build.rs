@@ -249,11 +249,13 @@ fn copy_errors_name_the_step() {
         "{err}"
     );
 
-    let ctx = k.context("noimage", "FROM nosuchimage\n", &[]);
+    // Missing images are pulled; port 1 of loopback refuses (tests never reach Docker Hub).
+    let ctx = k.context("noimage", "FROM 127.0.0.1:1/nosuchimage\n", &[]);
     let err = k.build_fails(&ctx);
     assert!(
-        err.contains("docker.io/library/nosuchimage:latest")
-            && err.contains("not in the local store"),
+        err.contains("127.0.0.1:1/nosuchimage:latest")
+            && err.contains("not in the local store, and pulling it failed")
+            && err.contains("cannot reach 127.0.0.1:1"),
         "{err}"
     );
 }
