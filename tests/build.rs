@@ -696,3 +696,36 @@ fn local_layers_stay_snapshots_until_exported() {
     );
     assert!(err.contains("no longer matches its layer"), "{err}");
 }
+
+/// `--cache-from` into an empty root: steps of an intermediate stage hit (their layers exist
+/// only as imported blobs), a later step misses and builds on top of them, and the output is
+/// right (the imported layers are unpacked when needed).
+#[test]
+fn imported_cache_hits_then_a_miss_in_an_intermediate_stage() {
+    let dockerfile = "FROM scratch AS build\nCOPY rootfs/ /\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo one > /one\"]\nCOPY f /f\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"cat /one /f > /out\"]\nFROM scratch\nCOPY --from=build /out /out\n";
+    let setup = |k: &Kiln, f: &str| {
+        let ctx = k.context("imported", dockerfile, &[("f", f)]);
+        std::fs::create_dir_all(ctx.join("rootfs/bin")).expect("mkdir");
+        std::fs::copy("/bin/busybox", ctx.join("rootfs/bin/busybox")).expect("busybox");
+        ctx
+    };
+    let a = Kiln::new();
+    let cache_dir = a.work.path().join("exported-cache");
+    let to = format!("type=local,dest={},mode=max", cache_dir.display());
+    a.build(&setup(&a, "v1\n"), &["--cache-to", &to]);
+
+    let b = Kiln::new();
+    let ctx = setup(&b, "v2\n");
+    let from = format!("type=local,src={}", cache_dir.display());
+    let path = ctx.to_str().expect("utf8").to_string();
+    let (_, err) = b.expect(
+        &["build", "--progress=plain", "--cache-from", &from, &path],
+        true,
+    );
+    assert!(err.matches("CACHED").count() >= 2, "{err}");
+    let out = b.files(&ctx, &["--cache-from", &from]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("out")).expect("out"),
+        "one\nv2\n"
+    );
+}

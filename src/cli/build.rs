@@ -450,6 +450,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
                 progress.note(step, &format!("exporting to {} done", dest.display()));
             }
             Output::Local(dest) | Output::Tar(dest) => {
+                builder.ensure_image_snapshots(&image.manifest_digest)?;
                 let chain = crate::cache::snapshot::chain_id(&image.config.rootfs.diff_ids);
                 let view = snapshots.view(chain.as_ref())?;
                 if let Output::Local(dir) = output {
