@@ -52,6 +52,7 @@ use super::digest::{Digest, DigestReader};
 use super::gc::{GcError, Lease, Leases};
 use super::image::{self, media, to_canonical_json, Descriptor, Index, Manifest};
 use super::layer::Compression;
+use super::pargz::ParGzEncoder;
 use super::store::{ImageStore, StoreError};
 use crate::reference::{Reference, ReferenceError};
 
@@ -163,11 +164,11 @@ pub(crate) fn decompressor<'a, R: Read + 'a>(
     })
 }
 
-/// Compresses into `W`: gzip at the default level with no name and mtime 0 in the header
-/// (reproducible bytes), or zstd level 3.
+/// Compresses into `W`: gzip at the default level with no name and mtime 0 in the header,
+/// on all cores ([`ParGzEncoder`]: reproducible bytes), or zstd level 3.
 pub(crate) enum LayerEncoder<W: Write> {
     Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParGzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -175,9 +176,7 @@ impl<W: Write> LayerEncoder<W> {
     pub(crate) fn new(compression: Compression, inner: W) -> io::Result<LayerEncoder<W>> {
         Ok(match compression {
             Compression::Uncompressed => LayerEncoder::Plain(inner),
-            Compression::Gzip => LayerEncoder::Gzip(
-                flate2::GzBuilder::new().write(inner, flate2::Compression::default()),
-            ),
+            Compression::Gzip => LayerEncoder::Gzip(ParGzEncoder::new(inner, 6)),
             Compression::Zstd => LayerEncoder::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
         })
     }
