@@ -249,11 +249,13 @@ fn copy_errors_name_the_step() {
         "{err}"
     );
 
-    let ctx = k.context("noimage", "FROM nosuchimage\n", &[]);
+    // Missing images are pulled; port 1 of loopback refuses (tests never reach Docker Hub).
+    let ctx = k.context("noimage", "FROM 127.0.0.1:1/nosuchimage\n", &[]);
     let err = k.build_fails(&ctx);
     assert!(
-        err.contains("docker.io/library/nosuchimage:latest")
-            && err.contains("not in the local store"),
+        err.contains("127.0.0.1:1/nosuchimage:latest")
+            && err.contains("not in the local store, and pulling it failed")
+            && err.contains("cannot reach 127.0.0.1:1"),
         "{err}"
     );
 }
@@ -637,4 +639,100 @@ fn explain_says_why_steps_missed_the_cache() {
         "{second}"
     );
     assert!(!second.contains("a.go changed"), "{second}");
+}
+
+/// Layers built here are snapshots only (no blob written) until the image leaves the machine;
+/// `save` then writes them from the snapshots, and a snapshot changed behind kiln's back is
+/// refused rather than exported as a different image.
+#[test]
+fn local_layers_stay_snapshots_until_exported() {
+    let k = Kiln::new();
+    let base = k.busybox();
+    let ctx = k.context(
+        "lazy",
+        &format!("FROM {base}\nRUN echo made-here > /made\nCOPY a /a\n"),
+        &[("a", "data")],
+    );
+    let id = k.build(&ctx, &["-t", "lazy"]);
+    let layers: Vec<String> = k.inspect("lazy")["RootFS"]["Layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l.as_str().expect("digest").to_string())
+        .collect();
+    let blob = |d: &str| {
+        k.root
+            .path()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let built_here = &layers[layers.len() - 2..];
+    assert!(built_here.iter().all(|d| !blob(d).exists()), "{layers:?}");
+
+    let archive = k.work.path().join("lazy.tar");
+    k.ok(&["save", "-o", archive.to_str().expect("utf8"), "lazy"]);
+    // Compressed straight from the snapshots: still no uncompressed copy in the store.
+    assert!(built_here.iter().all(|d| !blob(d).exists()));
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut load = kiln(other.path());
+    load.args(["load", "-i", archive.to_str().expect("utf8")]);
+    let out = run(load, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut ids = kiln(other.path());
+    ids.args(["images", "-q", "--no-trunc"]);
+    assert_eq!(stdout(&run(ids, None)).trim(), id);
+
+    // Tamper with the COPY layer's snapshot: an export that reads it again refuses.
+    let snapshot_file = walkdir::WalkDir::new(k.root.path().join("snapshots"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name() == "a" && e.path().parent().is_some_and(|p| p.ends_with("fs")))
+        .expect("the COPY layer's snapshot")
+        .into_path();
+    std::fs::write(&snapshot_file, "changed").expect("tamper");
+    let (_, err) = k.expect(
+        &[
+            "save",
+            "--compression",
+            "zstd",
+            "-o",
+            archive.to_str().expect("utf8"),
+            "lazy",
+        ],
+        false,
+    );
+    assert!(err.contains("no longer matches its layer"), "{err}");
+}
+
+/// `--cache-from` into an empty root: steps of an intermediate stage hit (their layers exist
+/// only as imported blobs), a later step misses and builds on top of them, and the output is
+/// right (the imported layers are unpacked when needed).
+#[test]
+fn imported_cache_hits_then_a_miss_in_an_intermediate_stage() {
+    let dockerfile = "FROM scratch AS build\nCOPY rootfs/ /\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo one > /one\"]\nCOPY f /f\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"cat /one /f > /out\"]\nFROM scratch\nCOPY --from=build /out /out\n";
+    let setup = |k: &Kiln, f: &str| {
+        let ctx = k.context("imported", dockerfile, &[("f", f)]);
+        std::fs::create_dir_all(ctx.join("rootfs/bin")).expect("mkdir");
+        std::fs::copy("/bin/busybox", ctx.join("rootfs/bin/busybox")).expect("busybox");
+        ctx
+    };
+    let a = Kiln::new();
+    let cache_dir = a.work.path().join("exported-cache");
+    let to = format!("type=local,dest={},mode=max", cache_dir.display());
+    a.build(&setup(&a, "v1\n"), &["--cache-to", &to]);
+
+    let b = Kiln::new();
+    let ctx = setup(&b, "v2\n");
+    let from = format!("type=local,src={}", cache_dir.display());
+    let path = ctx.to_str().expect("utf8").to_string();
+    let (_, err) = b.expect(
+        &["build", "--progress=plain", "--cache-from", &from, &path],
+        true,
+    );
+    assert!(err.matches("CACHED").count() >= 2, "{err}");
+    let out = b.files(&ctx, &["--cache-from", &from]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("out")).expect("out"),
+        "one\nv2\n"
+    );
 }

@@ -136,9 +136,13 @@ fn attached_run_streams_output_and_returns_the_exit_code() {
     assert!(err.contains("executable file not found"), "{err}");
     b.assert_nothing_left(&[]);
 
-    let (code, _, err) = b.kiln(&["run", "--rm", "missing:image", "true"]);
+    // Missing images are pulled (here from a registry that is not there: 127.0.0.1:1).
+    let (code, _, err) = b.kiln(&["run", "--rm", "127.0.0.1:1/missing:image", "true"]);
     assert_eq!(code, 125);
-    assert!(err.contains("not in the local store"), "{err}");
+    assert!(
+        err.contains("not in the local store, and pulling it failed"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -602,15 +602,26 @@ fn network_cli_create_ls_inspect_rm_prune() {
     assert!(ok(&["network", "prune", "-f"]).is_empty());
     nets.release_container(&ns.id).unwrap();
 
+    // A subnet of its own (parallel runs of this test must not collide).
+    let r = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        ^ std::process::id();
+    let subnet = format!("10.{}.{}.0/24", 200 + r % 50, (r >> 8) % 256);
+    let gateway = subnet.replace(".0/24", ".9");
     ok(&[
         "network",
         "create",
         "--subnet",
-        "10.231.7.0/24",
+        &subnet,
         "--gateway",
-        "10.231.7.9",
+        &gateway,
         "second",
     ]);
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["network", "inspect", "second"])).unwrap();
+    assert_eq!(json[0]["IPAM"]["Config"][0]["Gateway"], gateway.as_str());
     let pruned = ok(&["network", "prune", "-f"]);
     assert!(pruned.starts_with("Deleted Networks:\n"), "{pruned}");
     assert!(
@@ -619,4 +630,218 @@ fn network_cli_create_ls_inspect_rm_prune() {
     );
     assert_eq!(ok(&["network", "ls", "-q"]).lines().count(), 3);
     assert!(!iptables_save().contains(&format!("kiln:{}", &id[..12])));
+}
+
+/// Runs `ip ARGS`, panicking with its error.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A namespace standing in for the outside world, linked to the host by a veth with a /30.
+struct Wan {
+    name: String,
+    host_if: String,
+    addr: Ipv4Addr,
+    host_addr: Ipv4Addr,
+}
+
+impl Wan {
+    fn new() -> Wan {
+        let r = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            ^ std::process::id().rotate_left(11);
+        let tag = format!("{:08x}", r);
+        let name = format!("kiln-wan-{tag}");
+        let host_if = format!("kw{tag}");
+        let base = Ipv4Addr::new(
+            10,
+            250 + (r % 4) as u8,
+            (r >> 8) as u8,
+            ((r >> 16) as u8) & 0xfc,
+        );
+        let host_addr = Ipv4Addr::from(u32::from(base) + 1);
+        let addr = Ipv4Addr::from(u32::from(base) + 2);
+        ip(&["netns", "add", &name]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "wan0", "netns", &name,
+        ]);
+        ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            "wan0",
+        ]);
+        ip(&["-n", &name, "link", "set", "wan0", "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Wan {
+            name,
+            host_if,
+            addr,
+            host_addr,
+        }
+    }
+
+    /// A UDP server answering every datagram with the source address it saw.
+    fn who_am_i(&self, port: u16) {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        let sock = std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            UdpSocket::bind(("0.0.0.0", port)).unwrap()
+        })
+        .join()
+        .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn outbound_nat_and_internal_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let nets = Networks::open(dir.path()).unwrap();
+    nets.create("outbound", &CreateOptions::default()).unwrap();
+    let sealed = CreateOptions {
+        internal: true,
+        ..CreateOptions::default()
+    };
+    nets.create("sealed", &sealed).unwrap();
+    let wan = Wan::new();
+    wan.who_am_i(7777);
+    let open_ns = Ns::new(dir.path(), "open");
+    let sealed_ns = Ns::new(dir.path(), "sealed");
+    let eo = nets.connect("outbound", &open_ns.req("open")).unwrap();
+    let es = nets.connect("sealed", &sealed_ns.req("sealed")).unwrap();
+    let peer = Ns::new(dir.path(), "peer");
+    let ep = nets.connect("sealed", &peer.req("peer")).unwrap();
+
+    let to = SocketAddr::from((wan.addr, 7777));
+    let seen = open_ns.enter(move || udp_roundtrip(&UdpSocket::bind("0.0.0.0:0").unwrap(), to));
+    assert_eq!(
+        seen.as_deref(),
+        Some(wan.host_addr.to_string().as_str()),
+        "outbound traffic from {} must leave masqueraded as the host",
+        eo.ip
+    );
+    let seen = sealed_ns.enter(move || udp_roundtrip(&UdpSocket::bind("0.0.0.0:0").unwrap(), to));
+    assert_eq!(seen, None, "an internal network reached the outside");
+    // Inside an internal network, containers still reach each other.
+    assert!(ping(&sealed_ns, ep.ip), "{} cannot reach {}", es.ip, ep.ip);
+    for ns in [&open_ns, &sealed_ns, &peer] {
+        nets.release_container(&ns.id).unwrap();
+    }
+    nets.teardown().unwrap();
+}
+
+#[test]
+fn bridges_of_deleted_roots_are_collected() {
+    let gone = tempfile::tempdir().unwrap();
+    let info = Networks::open(gone.path())
+        .unwrap()
+        .create("leaked", &CreateOptions::default())
+        .unwrap();
+    let bridge = info.bridge.clone().unwrap();
+    assert!(ip_links().contains(&bridge));
+    drop(gone); // the root is deleted without `network rm`
+    let dir = tempfile::tempdir().unwrap();
+    let nets = Networks::open(dir.path()).unwrap();
+    nets.create("fresh", &CreateOptions::default()).unwrap();
+    assert!(
+        !ip_links().contains(&bridge),
+        "bridge {bridge} of a deleted root is still there"
+    );
+    assert!(!iptables_save().contains(&format!("kiln:{}", &info.id[..12])));
+    nets.teardown().unwrap();
+}
+
+#[test]
+fn dns_forwards_other_names_upstream() {
+    use hickory_proto::op::{Message, MessageType};
+    use hickory_proto::rr::{rdata::A, RData, Record};
+
+    let dir = tempfile::tempdir().unwrap();
+    let nets = Networks::open(dir.path()).unwrap();
+    nets.create("fwd", &CreateOptions::default()).unwrap();
+    let wan = Wan::new();
+    // A stand-in upstream nameserver on the outside namespace: every A query gets 198.51.100.77.
+    let file = std::fs::File::open(format!("/run/netns/{}", wan.name)).unwrap();
+    let sock = std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        UdpSocket::bind(("0.0.0.0", 53)).unwrap()
+    })
+    .join()
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut resp = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+            for query in &q.queries {
+                resp.add_query(query.clone());
+                if query.query_type() == hickory_proto::rr::RecordType::A {
+                    resp.add_answer(Record::from_rdata(
+                        query.name().clone(),
+                        60,
+                        RData::A(A(Ipv4Addr::new(198, 51, 100, 77))),
+                    ));
+                }
+            }
+            let _ = sock.send_to(&resp.to_vec().unwrap(), peer);
+        }
+    });
+    let ns = Ns::new(dir.path(), "asker");
+    nets.connect("fwd", &ns.req("asker")).unwrap();
+    let _dns = dns::spawn_with_upstreams(
+        &ns.path,
+        nets.clone(),
+        &ns.id,
+        vec![std::net::IpAddr::V4(wan.addr)],
+    )
+    .unwrap();
+    let out = nslookup(&ns, "somewhere.example");
+    assert!(out.contains("198.51.100.77"), "forwarded lookup: {out}");
+    // Its own name is still answered locally.
+    let out = nslookup(&ns, "asker");
+    assert!(!out.contains("198.51.100.77"), "{out}");
+    nets.release_container(&ns.id).unwrap();
+    nets.teardown().unwrap();
 }

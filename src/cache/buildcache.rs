@@ -42,6 +42,10 @@ pub type Result<T, E = BuildCacheError> = std::result::Result<T, E>;
 pub struct CachedLayer {
     pub diff_id: Digest,
     pub blob: Descriptor,
+    /// The snapshot (chain ID) holding the layer: the only copy of a layer built here until
+    /// an export writes its blob (see `cache::layer_blob`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Digest>,
 }
 
 /// What a cached step produced.
@@ -68,6 +72,8 @@ pub struct BuildCache {
     dir: PathBuf,
     snapshot: std::sync::Arc<std::sync::OnceLock<BTreeMap<Digest, CacheRecord>>>,
     used: std::sync::Arc<std::sync::Mutex<Vec<Digest>>>,
+    /// Every key this build hit or recorded (what `--cache-to` exports).
+    touched: std::sync::Arc<std::sync::Mutex<Vec<Digest>>>,
 }
 
 impl BuildCache {
@@ -81,6 +87,7 @@ impl BuildCache {
             dir,
             snapshot: Default::default(),
             used: Default::default(),
+            touched: Default::default(),
         })
     }
 
@@ -99,6 +106,21 @@ impl BuildCache {
         if let Ok(mut u) = self.used.lock() {
             u.push(key.clone());
         }
+        self.touch_key(key);
+    }
+
+    fn touch_key(&self, key: &Digest) {
+        if let Ok(mut t) = self.touched.lock() {
+            if !t.contains(key) {
+                t.push(key.clone());
+            }
+        }
+    }
+
+    /// The keys this value hit ([`mark_used`](Self::mark_used)) or recorded
+    /// ([`put`](Self::put)), in order: the steps of the build that used it.
+    pub fn touched(&self) -> Vec<Digest> {
+        self.touched.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// Writes the last-used times of the records used since the last flush.
@@ -156,6 +178,7 @@ impl BuildCache {
 
     /// Records what a step produced.
     pub fn put(&self, key: &Digest, layer: Option<CachedLayer>, description: &str) -> Result<()> {
+        self.touch_key(key);
         let t = super::image::unix_now();
         self.update(|entries| {
             entries.insert(
@@ -185,6 +208,15 @@ impl BuildCache {
         })
     }
 
+    /// The snapshots the cache refers to: garbage collection keeps them.
+    pub fn chains(&self) -> Result<Vec<Digest>> {
+        Ok(self
+            .entries()?
+            .into_values()
+            .filter_map(|r| r.layer.and_then(|l| l.chain))
+            .collect())
+    }
+
     /// The blobs the cache refers to: roots for garbage collection.
     pub fn blobs(&self) -> Result<Vec<Digest>> {
         Ok(self
@@ -201,6 +233,7 @@ mod tests {
 
     fn layer(n: u8) -> CachedLayer {
         CachedLayer {
+            chain: None,
             diff_id: Digest::of(&[n]),
             blob: Descriptor {
                 media_type: "application/vnd.oci.image.layer.v1.tar".into(),

@@ -422,8 +422,49 @@ fn options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
 fn new_container(args: &CreateArgs, root: &Path) -> anyhow::Result<(Engine, Container)> {
     let engine = Engine::open(root)?;
     let snapshots = crate::run::rootfs::open_snapshots(root)?;
+    pull_if_missing(&engine, snapshots.as_ref(), &args.image)?;
     let c = create::create(root, &engine.store, snapshots.as_ref(), &options(args)?)?;
     Ok((engine, c))
+}
+
+/// Pull progress of `run`/`create` as plain lines on stderr (stdout is the container's).
+struct StderrProgress;
+
+impl crate::push::progress::Progress for StderrProgress {
+    fn status(&self, blob: &crate::cache::Digest, status: &str) {
+        eprintln!("{}: {status}", &blob.hex()[..12.min(blob.hex().len())]);
+    }
+
+    fn message(&self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// docker's "Unable to find image locally": pull it (unpacked straight into snapshots).
+fn pull_if_missing(
+    engine: &Engine,
+    snapshots: &dyn crate::cache::snapshot::Snapshotter,
+    image: &str,
+) -> anyhow::Result<()> {
+    match engine.store.lookup(image) {
+        Err(crate::cache::store::StoreError::NotFound(_)) => {}
+        _ => return Ok(()),
+    }
+    let reference = crate::reference::Reference::parse(image)
+        .map(|r| r.with_default_tag().to_string())
+        .unwrap_or_else(|_| image.to_string());
+    eprintln!("Unable to find image '{reference}' locally");
+    let settings = crate::push::client::RegistrySettings::load(&[])?;
+    let opts = crate::push::pull::PullOptions {
+        platform: crate::graph::Platform::host(),
+        settings: &settings,
+        progress: &StderrProgress,
+        snapshots: Some(snapshots),
+    };
+    crate::push::pull::pull_if_missing(&engine.store, image, &opts).with_context(|| {
+        format!("image {reference:?} is not in the local store, and pulling it failed")
+    })?;
+    Ok(())
 }
 
 pub fn create_cmd(args: &CreateArgs, root: &Path) -> anyhow::Result<Outcome> {

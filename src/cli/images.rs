@@ -423,11 +423,23 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 pub fn collect_garbage(engine: &Engine, dry_run: bool) -> anyhow::Result<u64> {
     let store = &engine.store;
     let roots: Vec<Digest> = store.images()?.into_keys().collect();
-    let report =
-        crate::cache::gc::collect(&store.content, &roots, dry_run).context("garbage collection")?;
+    // The build cache is not garbage: `kiln builder prune` removes it (as docker does).
+    let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
+    let report = crate::cache::gc::collect_with(&store.content, dry_run, || {
+        let mut all = roots.clone();
+        all.extend(cache.blobs()?);
+        Ok::<_, crate::cache::buildcache::BuildCacheError>(all)
+    })
+    .context("garbage collection")?;
     let mut reclaimed = report.reclaimed;
-    // Snapshots whose chain no image uses.
-    let mut keep = std::collections::BTreeSet::new();
+    // Snapshots whose chain no image, cache record or running build uses. (Layers built here
+    // may exist only as snapshots: see cache::layer_blob.)
+    let mut keep: std::collections::BTreeSet<Digest> = cache.chains()?.into_iter().collect();
+    for lease in crate::cache::gc::Leases::list(&engine.root)? {
+        if lease.is_live() {
+            keep.extend(lease.digests.iter().cloned());
+        }
+    }
     for m in &roots {
         if let Ok(img) = store.image(m) {
             let ids = &img.config.rootfs.diff_ids;

@@ -67,6 +67,17 @@ pub fn spawn(
     networks: Networks,
     container_id: &str,
 ) -> Result<DnsHandle, NetworkError> {
+    spawn_with_upstreams(netns, networks, container_id, resolv::host_upstreams())
+}
+
+/// [`spawn`] with the servers to forward other names to given explicitly (tests, and callers
+/// with `--dns`).
+pub fn spawn_with_upstreams(
+    netns: &Path,
+    networks: Networks,
+    container_id: &str,
+    upstreams: Vec<IpAddr>,
+) -> Result<DnsHandle, NetworkError> {
     let fail = |reason: String| NetworkError::Dns {
         container: container_id.to_string(),
         reason,
@@ -93,7 +104,7 @@ pub fn spawn(
     let ctx = Arc::new(Ctx {
         networks,
         container_id: container_id.to_string(),
-        upstreams: resolv::host_upstreams(),
+        upstreams,
         stop: stop.clone(),
     });
     let handle = DnsHandle {
