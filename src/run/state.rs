@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{io_err, Result, RunError};
 use crate::cache::image::HealthConfig;
-use crate::cache::lock::FileLock;
+use crate::cache::lock::{write_replace, FileLock};
 use crate::cache::Digest;
 
 /// One mount of a container (`-v`, `--mount`, `--tmpfs`, anonymous image volumes).
@@ -303,24 +303,9 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
+    // No fsync: a state lost to a power cut is corrected by the running-lock rule anyway,
+    // and `kiln run` must stay fast.
     write_replace(path, &bytes).map_err(io_err("writing", path))
-}
-
-/// Temp file + rename: readers see the old or the new state, never a partial one. No fsync
-/// (unlike the store's `write_atomic`): a state lost to a power cut is corrected by the
-/// running-lock rule anyway, and `kiln run` must stay fast.
-fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 fn lock_err(path: &Path) -> impl FnOnce(crate::cache::lock::LockError) -> RunError + '_ {
