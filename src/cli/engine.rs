@@ -7,8 +7,6 @@ use anyhow::Context;
 
 use crate::cache::snapshot::{self, Snapshotter};
 use crate::cache::store::ImageStore;
-use crate::graph::dispatch::{ImageSource, ResolvedImage};
-use crate::reference::Reference;
 
 /// The engine's state for one command.
 pub struct Engine {
@@ -56,24 +54,4 @@ impl Engine {
     }
 }
 
-/// Looks up FROM / `--from` images in the local store.
-pub struct LocalImages<'a>(pub &'a ImageStore);
-
-impl ImageSource for LocalImages<'_> {
-    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
-        let normalized = Reference::parse(reference)
-            .map(|r| r.with_default_tag().to_string())
-            .map_err(|e| format!("{reference}: {e}"))?;
-        match self.0.lookup(reference) {
-            Ok(img) => Ok(ResolvedImage {
-                reference: normalized,
-                manifest_digest: img.manifest_digest.clone(),
-                config: img.config,
-            }),
-            Err(crate::cache::store::StoreError::NotFound(_)) => Err(format!(
-                "image {normalized:?} is not in the local store (load it with `kiln load -i FILE`)"
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
+pub use crate::engine::LocalImages;

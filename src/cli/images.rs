@@ -4,16 +4,16 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
 
 use super::engine::Engine;
 use super::format::{human_duration, human_size, table};
 use super::Outcome;
 use crate::cache::image::{parse_rfc3339, ImageConfig};
-use crate::cache::store::StoredImage;
 use crate::cache::Digest;
+use crate::engine::images::{familiar, inspect_json, Removal};
+use crate::engine::EngineError;
 use crate::reference::Reference;
 
 #[derive(Debug, Args)]
@@ -93,17 +93,6 @@ pub struct PruneArgs {
     /// Do not prompt for confirmation.
     #[arg(short, long)]
     pub force: bool,
-}
-
-/// `docker.io/library/app:latest` → (`app`, `latest`).
-fn familiar(name: &str) -> (String, String) {
-    match Reference::parse(name) {
-        Ok(r) => (
-            r.familiar_repository(),
-            r.tag.clone().unwrap_or_else(|| "<none>".into()),
-        ),
-        Err(_) => (name.to_string(), "<none>".into()),
-    }
 }
 
 fn created_secs(config: &ImageConfig) -> Option<i64> {
@@ -203,59 +192,6 @@ pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Docker's `image inspect` document for one image.
-fn inspect_json(img: &StoredImage, tags: &[String], driver: &str) -> Value {
-    let repo_tags: Vec<String> = tags
-        .iter()
-        .map(|t| {
-            let (r, tag) = familiar(t);
-            format!("{r}:{tag}")
-        })
-        .collect();
-    let c = &img.config.config;
-    let mut config = json!({
-        "Hostname": "", "Domainname": "", "User": c.user.clone().unwrap_or_default(),
-        "AttachStdin": false, "AttachStdout": false, "AttachStderr": false,
-        "Tty": false, "OpenStdin": false, "StdinOnce": false,
-        "Env": c.env, "Cmd": c.cmd, "Image": "", "Volumes": c.volumes,
-        "WorkingDir": c.working_dir.clone().unwrap_or_default(), "Entrypoint": c.entrypoint,
-        "OnBuild": c.on_build, "Labels": c.labels,
-    });
-    if let Some(map) = config.as_object_mut() {
-        if let Some(p) = &c.exposed_ports {
-            map.insert("ExposedPorts".into(), json!(p));
-        }
-        if let Some(s) = &c.stop_signal {
-            map.insert("StopSignal".into(), json!(s));
-        }
-        if let Some(h) = &c.healthcheck {
-            map.insert("Healthcheck".into(), json!(h));
-        }
-        if let Some(s) = &c.shell {
-            map.insert("Shell".into(), json!(s));
-        }
-    }
-    json!({
-        "Id": img.id().to_string(),
-        "RepoTags": repo_tags,
-        "RepoDigests": [],
-        "Parent": "",
-        "Comment": "",
-        "Created": img.config.created.clone().unwrap_or_default(),
-        "DockerVersion": "",
-        "Author": img.config.author.clone().unwrap_or_default(),
-        "Config": config,
-        "Architecture": img.config.architecture,
-        "Variant": img.config.variant,
-        "Os": img.config.os,
-        "Size": img.layers_size(),
-        "GraphDriver": {"Data": null, "Name": driver},
-        "RootFS": {"Type": "layers", "Layers": img.config.rootfs.diff_ids},
-        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
-        "Descriptor": {"mediaType": img.manifest.media_type, "digest": img.manifest_digest.to_string(), "size": img.manifest_size},
-    })
-}
-
 pub fn inspect(args: &InspectArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     let mut docs = Vec::new();
     let mut missing = Vec::new();
@@ -281,18 +217,10 @@ pub fn inspect(args: &InspectArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 
 pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     let img = engine.store.lookup(&args.image)?;
-    let mut layer_sizes = img.manifest.layers.iter().map(|l| l.size);
     let mut rows = Vec::new();
-    for h in &img.config.history {
-        let size = if h.empty_layer {
-            0
-        } else {
-            layer_sizes.next().unwrap_or(0)
-        };
+    for h in crate::engine::images::history(&img) {
         let created = h
             .created
-            .as_deref()
-            .and_then(parse_rfc3339)
             .map(|t| {
                 format!(
                     "{} ago",
@@ -300,7 +228,7 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
                 )
             })
             .unwrap_or_else(|| "N/A".into());
-        let by = h.created_by.clone().unwrap_or_default();
+        let by = h.created_by;
         let by = if args.no_trunc || by.chars().count() <= 45 {
             by
         } else {
@@ -310,11 +238,10 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             "<missing>".to_string(),
             created,
             by,
-            human_size(size),
-            h.comment.clone().unwrap_or_default(),
+            human_size(h.size),
+            h.comment,
         ]);
     }
-    rows.reverse();
     if let Some(first) = rows.first_mut() {
         first[0] = if args.no_trunc {
             img.id().to_string()
@@ -340,62 +267,28 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 }
 
 pub fn tag(args: &TagArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    let img = engine.store.lookup(&args.source)?;
-    let target = Reference::parse(&args.target)
-        .map_err(|e| anyhow::anyhow!("invalid target {:?}: {e}", args.target))?;
-    if target.digest.is_some() {
-        bail!(
-            "refusing to create a tag with a digest reference: {}",
-            args.target
-        );
-    }
-    engine.store.tag(&target, &img.manifest_digest)?;
+    crate::engine::images::tag(&engine.store, &args.source, &args.target)?;
     Ok(Outcome::Success)
 }
 
 pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    let store = &engine.store;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for name in &args.images {
-        let img = match store.lookup(name) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("Error response from daemon: {e}");
-                failed = true;
-                continue;
-            }
-        };
-        let tags = store.tags_of(&img.manifest_digest)?;
-        let by_tag = Reference::parse(name)
-            .ok()
-            .map(|r| r.with_default_tag().to_string())
-            .filter(|n| tags.contains(n));
-        let to_untag: Vec<String> = match by_tag {
-            Some(t) => vec![t],
-            None if tags.len() > 1 && !args.force => {
-                eprintln!(
-                    "Error response from daemon: conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
-                    img.id().short()
-                );
-                failed = true;
-                continue;
-            }
-            None => tags.clone(),
-        };
-        for t in &to_untag {
-            store.untag(t)?;
-            let (r, tag) = familiar(t);
-            writeln!(out, "Untagged: {r}:{tag}")?;
-        }
-        if store.tags_of(&img.manifest_digest)?.is_empty() {
-            // Every manifest of this image ID goes (they share the config).
-            for (m, id) in store.images()? {
-                if &id == img.id() && store.tags_of(&m)?.is_empty() {
-                    store.forget(&m)?;
+        match crate::engine::images::remove(&engine.store, name, args.force) {
+            Ok(removed) => {
+                for r in removed {
+                    match r {
+                        Removal::Untagged(t) => writeln!(out, "Untagged: {t}")?,
+                        Removal::Deleted(id) => writeln!(out, "Deleted: {id}")?,
+                    }
                 }
             }
-            writeln!(out, "Deleted: {}", img.id())?;
+            Err(e @ (EngineError::NotFound(_) | EngineError::Conflict(_))) => {
+                eprintln!("Error response from daemon: {e}");
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     drop(out);
@@ -409,52 +302,7 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 
 /// Removes blobs and snapshots no image needs any more. Returns bytes reclaimed.
 pub fn collect_garbage(engine: &Engine, dry_run: bool) -> anyhow::Result<u64> {
-    let store = &engine.store;
-    let roots: Vec<Digest> = store.images()?.into_keys().collect();
-    let report =
-        crate::cache::gc::collect(&store.content, &roots, dry_run).context("garbage collection")?;
-    let mut reclaimed = report.reclaimed;
-    // Snapshots whose chain no image uses.
-    let mut keep = std::collections::BTreeSet::new();
-    for m in &roots {
-        if let Ok(img) = store.image(m) {
-            let ids = &img.config.rootfs.diff_ids;
-            for n in 1..=ids.len() {
-                if let Some(c) = crate::cache::snapshot::chain_id(&ids[..n]) {
-                    keep.insert(c);
-                }
-            }
-        }
-    }
-    if !dry_run {
-        let snapshots = engine.snapshotter()?;
-        let infos = snapshots.list()?;
-        // Children before parents, so a parent is free when its turn comes.
-        let mut ordered: Vec<_> = infos.iter().map(|i| (depth(&infos, &i.id), i)).collect();
-        ordered.sort_by_key(|(d, _)| std::cmp::Reverse(*d));
-        for (_, info) in ordered {
-            if !keep.contains(&info.id) && snapshots.remove(&info.id).is_ok() {
-                reclaimed += info.size;
-            }
-        }
-    }
-    Ok(reclaimed)
-}
-
-fn depth(infos: &[crate::cache::snapshot::SnapshotInfo], id: &Digest) -> usize {
-    let mut d = 0;
-    let mut cur = Some(id.clone());
-    while let Some(c) = cur {
-        cur = infos
-            .iter()
-            .find(|i| i.id == c)
-            .and_then(|i| i.parent.clone());
-        d += 1;
-        if d > 10_000 {
-            break;
-        }
-    }
-    d
+    crate::engine::images::collect_garbage(&engine.store, dry_run).context("garbage collection")
 }
 
 pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
@@ -473,29 +321,15 @@ pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             return Ok(Outcome::Success);
         }
     }
-    let store = &engine.store;
+    let (removed, reclaimed) = crate::engine::images::prune(&engine.store, args.all, |_| false)?;
+    let lines: Vec<String> = removed
+        .into_iter()
+        .map(|r| match r {
+            Removal::Untagged(t) => format!("untagged: {t}"),
+            Removal::Deleted(id) => format!("deleted: {id}"),
+        })
+        .collect();
     let mut out = std::io::stdout().lock();
-    let mut lines = Vec::new();
-    let tags = store.tags()?;
-    for (manifest, id) in store.images()? {
-        let tagged: Vec<&String> = tags
-            .iter()
-            .filter(|(_, m)| **m == manifest)
-            .map(|(t, _)| t)
-            .collect();
-        if !tagged.is_empty() && !args.all {
-            continue;
-        }
-        for t in tagged {
-            store.untag(t)?;
-            let (r, tag) = familiar(t);
-            lines.push(format!("untagged: {r}:{tag}"));
-        }
-        store.forget(&manifest)?;
-        lines.push(format!("deleted: {id}"));
-    }
-    lines.dedup();
-    let reclaimed = collect_garbage(engine, false)?;
     if !lines.is_empty() {
         writeln!(out, "Deleted Images:")?;
         for l in lines {

@@ -5,6 +5,7 @@ mod archive;
 mod build;
 mod builder;
 mod check;
+mod daemon;
 mod engine;
 mod format;
 mod images;
@@ -29,6 +30,17 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub root: PathBuf,
+
+    /// The daemon to talk to (`unix:///run/kiln/kiln.sock`, `tcp://HOST:PORT`); for
+    /// `kiln daemon`, where to listen (repeatable).
+    #[arg(
+        short = 'H',
+        long = "host",
+        global = true,
+        env = "KILN_HOST",
+        value_name = "URL"
+    )]
+    pub host: Vec<String>,
 
     /// Verbose logs on stderr.
     #[arg(short = 'D', long, global = true)]
@@ -66,6 +78,8 @@ pub enum Command {
         #[command(subcommand)]
         command: builder::BuilderCommand,
     },
+    /// Serve the Docker-compatible API (the docker CLI and SDKs can drive kiln).
+    Daemon(daemon::DaemonArgs),
     /// Manage kiln.
     System {
         #[command(subcommand)]
@@ -160,6 +174,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Builder { command } => match command {
             builder::BuilderCommand::Prune(args) => builder::prune(args, &engine()?),
         },
+        Command::Daemon(args) => daemon::run(args, &cli.root, &cli.host),
         Command::System { command } => match command {
             SystemCommand::Df => system::df(&engine()?),
         },

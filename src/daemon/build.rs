@@ -1,0 +1,199 @@
+//! `POST /build`: the classic builder API the docker CLI uses with `DOCKER_BUILDKIT=0`. The
+//! body is the context tar; `dockerfile`, `t`, `buildargs`, `labels`, `target`, `nocache`,
+//! `q` and `platform` choose what to build. Progress is docker's classic JSON message stream
+//! (`{"stream":"Step 1/5 : FROM …"}`, the step output, ` ---> Using cache`), ending with
+//! `{"aux":{"ID":"sha256:…"}}`, `Successfully built <id>` and `Successfully tagged
+//! <name>`; a failure is `{"errorDetail":{"message":…},"error":…}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::http::{json_line, stream, ApiError, ApiResult, BodyReader, Chunk, Query};
+use super::State;
+use crate::context::ContextSource;
+use crate::engine::build::{BuildProgress, BuildRequest, PlannedStage};
+use crate::engine::images::familiar_tag;
+use crate::executor::build::Progress;
+
+/// Renders the executor's events as the classic builder's messages.
+struct ClassicProgress {
+    tx: mpsc::Sender<Chunk>,
+    quiet: bool,
+    steps: Mutex<Steps>,
+}
+
+#[derive(Default)]
+struct Steps {
+    stages: Vec<PlannedStage>,
+    total: usize,
+    shown: usize,
+    froms: BTreeSet<String>,
+}
+
+impl ClassicProgress {
+    fn say(&self, text: &str) {
+        if !self.quiet {
+            let _ = self.tx.blocking_send(json_line(&json!({ "stream": text })));
+        }
+    }
+}
+
+/// `[build 2/3] COPY a /a` → (`build`, 2, `COPY a /a`).
+fn split_label(label: &str) -> Option<(&str, usize, &str)> {
+    let rest = label.strip_prefix('[')?;
+    let (head, text) = rest.split_once("] ")?;
+    let (stage, pos) = head.rsplit_once(' ')?;
+    let n = pos.split_once('/')?.0.parse().ok()?;
+    Some((stage, n, text))
+}
+
+impl Progress for ClassicProgress {
+    fn started(&self, _id: usize, name: &str) {
+        let mut lines = Vec::new();
+        if let Ok(mut s) = self.steps.lock() {
+            let (stage, n, text) = split_label(name).unwrap_or(("", 0, name));
+            if n == 1 && s.froms.insert(stage.to_string()) {
+                if let Some(from) = s
+                    .stages
+                    .iter()
+                    .find(|p| p.label == stage)
+                    .map(|p| p.from.clone())
+                {
+                    s.shown += 1;
+                    lines.push(format!("Step {}/{} : {from}\n", s.shown, s.total));
+                }
+            }
+            s.shown += 1;
+            lines.push(format!(
+                "Step {}/{} : {text}\n",
+                s.shown,
+                s.total.max(s.shown)
+            ));
+        }
+        for l in lines {
+            self.say(&l);
+        }
+    }
+
+    fn done(&self, _id: usize, seconds: f64) {
+        self.say(&format!(" ---> Done in {seconds:.1}s\n"));
+    }
+
+    fn cached(&self, _id: usize) {
+        self.say(" ---> Using cache\n");
+    }
+
+    fn log(&self, _id: usize, line: &str) {
+        self.say(&format!("{line}\n"));
+    }
+}
+
+impl BuildProgress for ClassicProgress {
+    fn planned(&self, stages: &[PlannedStage]) {
+        if let Ok(mut s) = self.steps.lock() {
+            s.total = stages.iter().map(|p| p.steps.len() + 1).sum();
+            s.stages = stages.to_vec();
+        }
+    }
+}
+
+fn error_line(message: &str) -> Chunk {
+    json_line(&json!({"errorDetail": {"message": message}, "error": message}))
+}
+
+pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) -> ApiResult {
+    if query.get("remote").is_some_and(|r| !r.is_empty()) {
+        return Err(ApiError::bad_request(
+            "remote build contexts are not supported by kiln; send the context as the request body",
+        ));
+    }
+    if query.get("version") == Some("2") {
+        return Err(ApiError::bad_request(
+            "kiln's API implements the classic builder (version=1); set DOCKER_BUILDKIT=0",
+        ));
+    }
+    let build_args: BTreeMap<String, Option<String>> = query.json("buildargs")?.unwrap_or_default();
+    let labels: BTreeMap<String, String> = query.json("labels")?.unwrap_or_default();
+    let request = BuildRequest {
+        context: ContextSource::Tar(Box::new(std::io::BufReader::new(BodyReader::new(
+            req.into_body(),
+        )))),
+        dockerfile: query
+            .get("dockerfile")
+            .filter(|d| !d.is_empty())
+            .unwrap_or("Dockerfile")
+            .to_string(),
+        tags: query.all("t").into_iter().map(str::to_string).collect(),
+        build_args: build_args
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect(),
+        labels,
+        target: query
+            .get("target")
+            .filter(|t| !t.is_empty())
+            .map(str::to_string),
+        no_cache: query.flag("nocache"),
+        platform: query
+            .get("platform")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+    };
+    let quiet = query.flag("q");
+    let (tx, resp) = stream("application/json");
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let progress = ClassicProgress {
+            tx: tx.clone(),
+            quiet,
+            steps: Mutex::new(Steps::default()),
+        };
+        match crate::engine::build::build(&st.engine, request, &progress) {
+            Ok(built) => {
+                let id = built.image.id().to_string();
+                let _ = tx.blocking_send(json_line(&json!({"aux": {"ID": id}})));
+                if quiet {
+                    let _ = tx.blocking_send(json_line(&json!({ "stream": format!("{id}\n") })));
+                } else {
+                    progress.say(&format!(
+                        "Successfully built {}\n",
+                        built.image.id().short()
+                    ));
+                    for t in &built.tags {
+                        progress.say(&format!(
+                            "Successfully tagged {}\n",
+                            familiar_tag(&t.to_string())
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(error_line(&e.to_string()));
+            }
+        }
+    });
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_split() {
+        assert_eq!(
+            split_label("[build 2/3] COPY a /a"),
+            Some(("build", 2, "COPY a /a"))
+        );
+        assert_eq!(
+            split_label("[stage-0 1/1] RUN echo [x] y"),
+            Some(("stage-0", 1, "RUN echo [x] y"))
+        );
+        assert_eq!(split_label("nothing"), None);
+    }
+}
