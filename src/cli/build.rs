@@ -61,7 +61,8 @@ pub struct BuildArgs {
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     pub allow: Vec<String>,
 
-    /// How many stages may build at the same time (default: the number of CPUs).
+    /// How many steps may run at the same time (default: one per CPU, and more, up to four
+    /// per CPU, while CPUs sit idle).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 
@@ -319,11 +320,11 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         lease: &lease,
         cache: Some(&cache),
         no_cache,
-        jobs: args.jobs.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        jobs: args
+            .jobs
+            .map_or_else(crate::executor::schedule::Jobs::adaptive, |n| {
+                crate::executor::schedule::Jobs::fixed(n)
+            }),
         explain: Some(Explain {
             previous: if args.explain {
                 BuildRecord::load(&explain_path)

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::explain::{why_missed, BuildRecord, StepRecord};
@@ -13,6 +13,7 @@ use super::fileop::{self, CopyEnv, RootfsTree, SourceTree};
 use super::rootfs::resolve_in_root;
 use super::run_step::{self, MountSources, RunRequest, RunSettings};
 use super::sandbox::CancelToken;
+use super::schedule::{self, Jobs};
 use super::user::resolve_user;
 use super::ExecError;
 use crate::cache::buildcache::{BuildCache, CachedLayer};
@@ -22,6 +23,7 @@ use crate::cache::snapshot::{chain_id, Snapshotter, View};
 use crate::cache::store::{ImageStore, StoredImage};
 use crate::cache::Digest;
 use crate::graph::cache_key;
+use crate::graph::dag::{Node, StepGraph};
 use crate::graph::dispatch::{Base, CopyFrom, CopyOp, CopySource, Op, OpKind, Plan, StagePlan};
 
 /// Unpacks a layer blob of the content store into `dir`.
@@ -106,42 +108,8 @@ pub struct Builder<'a> {
     pub run_settings: RunSettings,
     /// `--explain`: the last build's record, and this build's being written.
     pub explain: Option<Explain>,
-    /// How many stages may run at the same time (`--jobs`).
-    pub jobs: usize,
-}
-
-/// For every stage of the plan, the stages it needs first: its base, `COPY --from` and
-/// `RUN --mount from=` sources.
-fn stage_dependencies(plan: &Plan) -> BTreeMap<usize, Vec<usize>> {
-    let by_name = |name: &str| plan.stage_named(name).map(|s| s.index);
-    plan.stages
-        .iter()
-        .map(|s| {
-            let mut d = Vec::new();
-            if let Base::Stage(i) = s.base {
-                d.push(i);
-            }
-            for op in &s.ops {
-                match &op.kind {
-                    OpKind::Copy(c) => {
-                        if let CopyFrom::Stage(i) = c.from {
-                            d.push(i);
-                        }
-                    }
-                    OpKind::Run { parsed_mounts, .. } => d.extend(
-                        parsed_mounts
-                            .iter()
-                            .filter_map(|m| m.from.as_deref())
-                            .filter_map(by_name),
-                    ),
-                    _ => {}
-                }
-            }
-            d.sort_unstable();
-            d.dedup();
-            (s.index, d)
-        })
-        .collect()
+    /// How many steps may run at the same time (`--jobs`).
+    pub jobs: Jobs,
 }
 
 /// State of `--explain`.
@@ -157,10 +125,24 @@ pub struct Explain {
 #[derive(Clone, Copy)]
 struct StepCtx<'a> {
     plan: &'a Plan,
-    results: &'a BTreeMap<usize, StageResult>,
+    results: &'a Results,
     context: &'a dyn SourceTree,
     step_id: usize,
     cancel: &'a CancelToken,
+}
+
+/// Finished stages by plan index, shared with the steps of later stages.
+type Results = BTreeMap<usize, Arc<StageResult>>;
+
+/// A stage being built: what its steps so far produced.
+struct StageRun {
+    /// Cache key of the last layer step (None once a step could not be cached).
+    key: Option<Digest>,
+    layers: Vec<LayerRef>,
+    history: Vec<History>,
+    /// The name shown in progress lines (`stage-N` when unnamed).
+    name: String,
+    skip_cache: bool,
 }
 
 /// Which stages skip cache lookups (their results are still recorded).
@@ -201,6 +183,7 @@ impl Builder<'_> {
             .target()
             .and_then(|t| results.remove(&t.index))
             .ok_or_else(|| ExecError::Store("the build has no target stage".into()))?;
+        let target = Arc::unwrap_or_clone(target);
         let mut config = target.config;
         config.created = Some(rfc3339(plan.created));
         let layers = target.layers.into_iter().map(|l| l.blob).collect();
@@ -209,95 +192,102 @@ impl Builder<'_> {
             .map_err(|e| ExecError::Store(e.to_string()))
     }
 
-    /// Runs the plan's stages, independent ones at the same time (up to `jobs`). The first
-    /// failure stops the others at their next step and is returned.
+    /// Runs the plan's step graph: every step as soon as the steps it needs are done, up to
+    /// `jobs` at a time (see [`schedule`]). The first failure cancels the rest and is returned.
     fn run_stages(
         &self,
         plan: &Plan,
         context: &(dyn SourceTree + Sync),
-    ) -> Result<BTreeMap<usize, StageResult>, ExecError> {
-        let deps = stage_dependencies(plan);
-        let results: Mutex<BTreeMap<usize, StageResult>> = Mutex::new(BTreeMap::new());
+    ) -> Result<Results, ExecError> {
+        let graph = StepGraph::new(plan).map_err(|e| ExecError::Failed(e.to_string()))?;
+        let poisoned = || ExecError::Store("build state lock poisoned".into());
+        let results: Mutex<Results> = Mutex::new(BTreeMap::new());
+        let runs: BTreeMap<usize, Mutex<Option<StageRun>>> = plan
+            .stages
+            .iter()
+            .map(|s| (s.index, Mutex::new(None)))
+            .collect();
         let cancel = CancelToken::new();
         let step_ids = AtomicUsize::new(0);
-        let jobs = self.jobs.max(1);
-        let lock = |m: &Mutex<BTreeMap<usize, StageResult>>| {
-            m.lock()
-                .map(|g| g.clone())
-                .map_err(|_| ExecError::Store("stage results lock poisoned".into()))
-        };
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<StageResult, ExecError>)>();
-            let mut pending: Vec<&StagePlan> = plan.stages.iter().collect();
-            let mut running = 0usize;
-            let mut failure: Option<ExecError> = None;
-            loop {
-                while failure.is_none() && running < jobs {
-                    let done = lock(&results)?;
-                    let Some(pos) = pending.iter().position(|s| {
-                        deps.get(&s.index)
-                            .is_none_or(|d| d.iter().all(|i| done.contains_key(i)))
-                    }) else {
-                        break;
+        let done = || results.lock().map(|g| g.clone()).map_err(|_| poisoned());
+        let run = |node: Node| -> Result<(), ExecError> {
+            let stage = plan.stage(node.stage()).ok_or_else(|| {
+                ExecError::Store(format!("stage {} is not planned", node.stage()))
+            })?;
+            let mut slot = runs
+                .get(&stage.index)
+                .ok_or_else(poisoned)?
+                .lock()
+                .map_err(|_| poisoned())?;
+            match node {
+                Node::Start(_) => *slot = Some(self.start_stage(plan, stage, &done()?)?),
+                Node::Op { op, .. } => {
+                    let state = slot.as_mut().ok_or_else(|| {
+                        ExecError::Store(format!(
+                            "stage {} ran a step before it started",
+                            stage.index
+                        ))
+                    })?;
+                    let ctx = StepCtx {
+                        plan,
+                        results: &done()?,
+                        context,
+                        step_id: 0,
+                        cancel: &cancel,
                     };
-                    let stage = pending.remove(pos);
-                    let tx = tx.clone();
-                    let (cancel, step_ids) = (&cancel, &step_ids);
-                    scope.spawn(move || {
-                        let r = self.run_stage(plan, stage, &done, context, step_ids, cancel);
-                        let _ = tx.send((stage.index, r));
-                    });
-                    running += 1;
+                    self.run_step_node(&ctx, stage, op, state, &step_ids)?;
                 }
-                if running == 0 {
-                    break;
-                }
-                let Ok((index, result)) = rx.recv() else {
-                    break;
-                };
-                running -= 1;
-                match result {
-                    Ok(r) => {
-                        results
-                            .lock()
-                            .map_err(|_| ExecError::Store("stage results lock poisoned".into()))?
-                            .insert(index, r);
-                    }
-                    Err(e) => {
-                        cancel.cancel();
-                        if failure.is_none() {
-                            failure = Some(e);
-                        }
-                    }
+                Node::End(_) => {
+                    let state = slot.take().ok_or_else(|| {
+                        ExecError::Store(format!("stage {} ended before it started", stage.index))
+                    })?;
+                    let mut config = stage.config.clone();
+                    config.history = state.history;
+                    config.rootfs.diff_ids =
+                        state.layers.iter().map(|l| l.diff_id.clone()).collect();
+                    let result = StageResult {
+                        layers: state.layers,
+                        config,
+                        key: state.key,
+                    };
+                    results
+                        .lock()
+                        .map_err(|_| poisoned())?
+                        .insert(stage.index, Arc::new(result));
                 }
             }
-            match failure {
-                Some(e) => Err(e),
-                None if !pending.is_empty() => Err(ExecError::Store(
-                    "some stages could not be scheduled (dependency cycle)".into(),
-                )),
-                None => lock(&results),
-            }
-        })
+            Ok(())
+        };
+        let light = |node: Node| match node {
+            Node::End(_) => true,
+            Node::Start(s) => plan
+                .stage(s)
+                .is_none_or(|st| !matches!(st.base, Base::Image(_))),
+            Node::Op { stage, op } => plan
+                .stage(stage)
+                .and_then(|st| st.ops.get(op))
+                .is_none_or(|o| matches!(o.kind, OpKind::Metadata)),
+        };
+        schedule::run_graph(&graph, self.jobs, &cancel, &light, &run)?;
+        results.into_inner().map_err(|_| poisoned())
     }
 
-    fn base_of(
-        &self,
-        stage: &StagePlan,
-        results: &BTreeMap<usize, StageResult>,
-    ) -> Result<StageResult, ExecError> {
+    fn base_of(&self, stage: &StagePlan, results: &Results) -> Result<StageResult, ExecError> {
         match &stage.base {
             Base::Scratch => Ok(StageResult {
                 layers: Vec::new(),
                 config: ImageConfig::default(),
                 key: None,
             }),
-            Base::Stage(i) => results.get(i).cloned().ok_or_else(|| {
-                ExecError::Store(format!(
-                    "stage {i} was not built before stage {}",
-                    stage.index
-                ))
-            }),
+            Base::Stage(i) => results
+                .get(i)
+                .map(|r| StageResult::clone(r))
+                .ok_or_else(|| {
+                    ExecError::Store(format!(
+                        "stage {i} was not built before stage {}",
+                        stage.index
+                    ))
+                }),
             Base::Image(img) => self.image_result(&img.manifest_digest),
         }
     }
@@ -369,15 +359,13 @@ impl Builder<'_> {
             .map_err(|e| ExecError::Store(e.to_string()))
     }
 
-    fn run_stage(
+    /// The state of a stage once its base is ready (an image's layers unpacked).
+    fn start_stage(
         &self,
         plan: &Plan,
         stage: &StagePlan,
-        results: &BTreeMap<usize, StageResult>,
-        context: &dyn SourceTree,
-        step_ids: &AtomicUsize,
-        cancel: &CancelToken,
-    ) -> Result<StageResult, ExecError> {
+        results: &Results,
+    ) -> Result<StageRun, ExecError> {
         let base = self.base_of(stage, results)?;
         let stage_keys = |i: usize| results.get(&i).and_then(|r| r.key.clone());
         // SOURCE_DATE_EPOCH changes layer bytes (clamped mtimes), so it is part of every key.
@@ -385,20 +373,49 @@ impl Builder<'_> {
             Some(epoch) => format!("{} source_date_epoch={epoch}", plan_platform(stage)),
             None => plan_platform(stage),
         };
-        let mut key = match &stage.base {
+        let key = match &stage.base {
             Base::Stage(_) => base.key.clone(),
             other => cache_key::base_key(other, &platform, &stage_keys),
         };
-        let mut layers = base.layers;
-        let mut history = base.config.history;
+        Ok(StageRun {
+            key,
+            layers: base.layers.clone(),
+            history: base.config.history.clone(),
+            name: stage
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("stage-{}", stage.index)),
+            skip_cache: self.no_cache.applies(stage),
+        })
+    }
+
+    /// Runs instruction `n` of `stage` on top of what its earlier steps produced.
+    fn run_step_node(
+        &self,
+        step: &StepCtx,
+        stage: &StagePlan,
+        n: usize,
+        state: &mut StageRun,
+        step_ids: &AtomicUsize,
+    ) -> Result<(), ExecError> {
+        let StepCtx {
+            plan,
+            results,
+            context,
+            cancel,
+            ..
+        } = *step;
+        let op = stage
+            .ops
+            .get(n)
+            .ok_or_else(|| ExecError::Store(format!("stage {} has no step {n}", stage.index)))?;
+        let stage_keys = |i: usize| results.get(&i).and_then(|r| r.key.clone());
         let created = rfc3339(plan.created);
         let total = stage.ops.len();
-        let stage_name = stage
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("stage-{}", stage.index));
-        let skip_cache = self.no_cache.applies(stage);
-        for (n, op) in stage.ops.iter().enumerate() {
+        let stage_name = state.name.clone();
+        let skip_cache = state.skip_cache;
+        let key = state.key.clone();
+        {
             if cancel.is_cancelled() {
                 return Err(ExecError::Failed(format!(
                     "stage {stage_name} cancelled: another stage failed"
@@ -456,17 +473,7 @@ impl Builder<'_> {
                         }
                     }
                     let layer = self
-                        .run_op(
-                            &StepCtx {
-                                plan,
-                                results,
-                                context,
-                                step_id,
-                                cancel,
-                            },
-                            op,
-                            &layers,
-                        )
+                        .run_op(&StepCtx { step_id, ..*step }, op, &state.layers)
                         .map_err(|e| e.at(op.span, shown))?;
                     if let (Some(k), Some(cache)) = (&step_key, self.cache) {
                         let record = layer.as_ref().map(|l| CachedLayer {
@@ -490,13 +497,13 @@ impl Builder<'_> {
             }
             if !matches!(op.kind, OpKind::Metadata) {
                 // An uncacheable step makes everything after it uncacheable too.
-                key = step_key;
+                state.key = step_key;
             }
             let empty = layer.is_none();
             if let Some(l) = layer {
-                layers.push(l);
+                state.layers.push(l);
             }
-            history.push(History {
+            state.history.push(History {
                 created: Some(created.clone()),
                 created_by: Some(op.created_by.clone()),
                 comment: Some("buildkit.dockerfile.v0".into()),
@@ -504,14 +511,7 @@ impl Builder<'_> {
                 ..Default::default()
             });
         }
-        let mut config = stage.config.clone();
-        config.history = history;
-        config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id.clone()).collect();
-        Ok(StageResult {
-            layers,
-            config,
-            key,
-        })
+        Ok(())
     }
 
     /// The cache key of a layer step: its expanded form plus the content of what it reads
@@ -677,7 +677,7 @@ impl Builder<'_> {
         c: &CopyOp,
         base: &Path,
         upper: &Path,
-        results: &BTreeMap<usize, StageResult>,
+        results: &Results,
         context: &dyn SourceTree,
     ) -> Result<bool, ExecError> {
         let excludes = crate::context::dockerignore::IgnoreMatcher::from_patterns(&c.excludes)
@@ -727,12 +727,7 @@ impl Builder<'_> {
     }
 
     /// A read-only view of what a RUN `--mount from=` names: a stage (name or index) or an image.
-    fn view_of(
-        &self,
-        plan: &Plan,
-        name: &str,
-        results: &BTreeMap<usize, StageResult>,
-    ) -> Result<View, ExecError> {
+    fn view_of(&self, plan: &Plan, name: &str, results: &Results) -> Result<View, ExecError> {
         if let Some(s) = plan.stage_named(name) {
             let r = results.get(&s.index).ok_or_else(|| {
                 ExecError::Store(format!("stage {name} was not built before it was mounted"))

@@ -11,6 +11,7 @@ pub mod fileop;
 pub mod rootfs;
 pub mod run_step;
 pub mod sandbox;
+pub mod schedule;
 pub mod user;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! From parsed stages to what a build needs: ARG/ENV scoping and expansion ([`scope`]),
-//! platforms and predefined build args. The build DAG and cache keys will live here too.
+//! platforms and predefined build args ([`dispatch`]), the step graph ([`dag`]) and cache keys.
 
 pub mod cache_key;
+pub mod dag;
 pub mod dispatch;
 pub mod scope;
 
