@@ -1,7 +1,6 @@
 //! Image commands with docker's output: `images`, `image inspect`, `history`, `tag`, `rmi`,
 //! `image prune`.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
 use anyhow::Context;
@@ -11,7 +10,6 @@ use super::engine::Engine;
 use super::format::{human_duration, human_size, table};
 use super::Outcome;
 use crate::cache::image::{parse_rfc3339, ImageConfig};
-use crate::cache::Digest;
 use crate::engine::images::{familiar, inspect_json, Removal};
 use crate::engine::EngineError;
 use crate::reference::Reference;
@@ -99,26 +97,31 @@ fn created_secs(config: &ImageConfig) -> Option<i64> {
     config.created.as_deref().and_then(parse_rfc3339)
 }
 
-fn ago(config: &ImageConfig) -> String {
-    match created_secs(config) {
-        Some(t) => format!(
-            "{} ago",
-            human_duration(crate::cache::image::unix_now() - t)
-        ),
-        None => "N/A".into(),
-    }
+/// One image as `kiln images` lists it (from the store, or from a daemon's `/images/json`).
+pub struct ImageRow {
+    /// Full ID (`sha256:…`).
+    pub id: String,
+    pub created: Option<i64>,
+    pub size: u64,
+    /// Its names (normalized or familiar references).
+    pub tags: Vec<String>,
 }
 
 pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    let store = &engine.store;
-    let tags = store.tags()?;
-    let mut by_manifest: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-    for (name, manifest) in &tags {
-        by_manifest
-            .entry(manifest.clone())
-            .or_default()
-            .push(name.clone());
-    }
+    let rows = crate::engine::images::list(&engine.store)?
+        .into_iter()
+        .map(|l| ImageRow {
+            id: l.image.id().to_string(),
+            created: created_secs(&l.image.config),
+            size: l.image.layers_size(),
+            tags: l.tags,
+        })
+        .collect();
+    print_images(args, rows)
+}
+
+/// Prints `kiln images` (docker's table, or IDs with `-q`).
+pub fn print_images(args: &ImagesArgs, images: Vec<ImageRow>) -> anyhow::Result<Outcome> {
     let wanted = args.filter.as_deref().map(|f| {
         let r = Reference::parse(f).ok();
         (
@@ -130,25 +133,27 @@ pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     });
     let mut rows: Vec<(i64, Vec<String>)> = Vec::new();
     let mut seen_ids = std::collections::BTreeSet::new();
-    for (manifest, _config) in store.images()? {
-        let img = match store.image(&manifest) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!("skipping image {manifest}: {e}");
-                continue;
-            }
-        };
+    let now = crate::cache::image::unix_now();
+    for img in images {
         let id = if args.no_trunc {
-            img.id().to_string()
+            img.id.clone()
         } else {
-            img.id().short().to_string()
+            img.id
+                .strip_prefix("sha256:")
+                .unwrap_or(&img.id)
+                .chars()
+                .take(12)
+                .collect()
         };
-        let created = created_secs(&img.config).unwrap_or(0);
-        let names = by_manifest.get(&manifest).cloned().unwrap_or_default();
-        let entries: Vec<(String, String)> = if names.is_empty() {
+        let created = img.created.unwrap_or(0);
+        let ago = match img.created {
+            Some(t) => format!("{} ago", human_duration(now - t)),
+            None => "N/A".into(),
+        };
+        let entries: Vec<(String, String)> = if img.tags.is_empty() {
             vec![("<none>".into(), "<none>".into())]
         } else {
-            names.iter().map(|n| familiar(n)).collect()
+            img.tags.iter().map(|n| familiar(n)).collect()
         };
         for (repo, tag) in entries {
             if let Some((want_repo, want_tag)) = &wanted {
@@ -167,13 +172,7 @@ pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             }
             rows.push((
                 created,
-                vec![
-                    repo,
-                    tag,
-                    id.clone(),
-                    ago(&img.config),
-                    human_size(img.layers_size()),
-                ],
+                vec![repo, tag, id.clone(), ago.clone(), human_size(img.size)],
             ));
         }
     }
@@ -217,8 +216,21 @@ pub fn inspect(args: &InspectArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 
 pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     let img = engine.store.lookup(&args.image)?;
+    print_history(
+        args,
+        img.id().as_str(),
+        crate::engine::images::history(&img),
+    )
+}
+
+/// Prints `kiln history` for image `id` (entries newest first).
+pub fn print_history(
+    args: &HistoryArgs,
+    id: &str,
+    entries: Vec<crate::engine::images::HistoryEntry>,
+) -> anyhow::Result<Outcome> {
     let mut rows = Vec::new();
-    for h in crate::engine::images::history(&img) {
+    for h in entries {
         let created = h
             .created
             .map(|t| {
@@ -244,9 +256,13 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     }
     if let Some(first) = rows.first_mut() {
         first[0] = if args.no_trunc {
-            img.id().to_string()
+            id.to_string()
         } else {
-            img.id().short().to_string()
+            id.strip_prefix("sha256:")
+                .unwrap_or(id)
+                .chars()
+                .take(12)
+                .collect()
         };
     }
     let mut out = std::io::stdout().lock();

@@ -68,9 +68,17 @@ impl Progress for ClassicProgress {
                     lines.push(format!("Step {}/{} : {from}\n", s.shown, s.total));
                 }
             }
+            let written = s
+                .stages
+                .iter()
+                .find(|p| p.label == stage)
+                .and_then(|p| p.steps.get(n.wrapping_sub(1)))
+                .filter(|t| !t.is_empty())
+                .cloned()
+                .unwrap_or_else(|| text.to_string());
             s.shown += 1;
             lines.push(format!(
-                "Step {}/{} : {text}\n",
+                "Step {}/{} : {written}\n",
                 s.shown,
                 s.total.max(s.shown)
             ));
@@ -98,6 +106,45 @@ impl BuildProgress for ClassicProgress {
         if let Ok(mut s) = self.steps.lock() {
             s.total = stages.iter().map(|p| p.steps.len() + 1).sum();
             s.stages = stages.to_vec();
+        }
+    }
+}
+
+/// kiln's own clients (`kiln --host … build`) ask for the executor's events as they are
+/// (`kilnprogress=1`) and render them exactly as an in-process build does.
+struct KilnProgress {
+    tx: mpsc::Sender<Chunk>,
+    steps: Mutex<usize>,
+}
+
+impl KilnProgress {
+    fn send(&self, event: serde_json::Value) {
+        let _ = self.tx.blocking_send(json_line(&json!({ "kiln": event })));
+    }
+}
+
+impl Progress for KilnProgress {
+    fn started(&self, id: usize, name: &str) {
+        self.send(json!({"started": {"id": id, "name": name}}));
+    }
+
+    fn done(&self, id: usize, seconds: f64) {
+        self.send(json!({"done": {"id": id, "seconds": seconds}}));
+    }
+
+    fn cached(&self, id: usize) {
+        self.send(json!({"cached": {"id": id}}));
+    }
+
+    fn log(&self, id: usize, line: &str) {
+        self.send(json!({"log": {"id": id, "line": line}}));
+    }
+}
+
+impl BuildProgress for KilnProgress {
+    fn planned(&self, stages: &[PlannedStage]) {
+        if let Ok(mut s) = self.steps.lock() {
+            *s = stages.iter().map(|p| p.steps.len()).sum();
         }
     }
 }
@@ -145,9 +192,36 @@ pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) ->
             .map(str::to_string),
     };
     let quiet = query.flag("q");
+    let kiln_events = query.flag("kilnprogress");
     let (tx, resp) = stream("application/json");
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
+        if kiln_events {
+            let progress = KilnProgress {
+                tx: tx.clone(),
+                steps: Mutex::new(0),
+            };
+            let result = crate::engine::build::build(&st.engine, request, &progress);
+            let step = progress.steps.lock().map(|s| *s).unwrap_or(0) + 1;
+            match result {
+                Ok(built) => {
+                    let id = built.image.id().to_string();
+                    progress.send(
+                        json!({"note": {"id": step, "text": format!("writing image {id} done")}}),
+                    );
+                    for t in &built.tags {
+                        progress.send(
+                            json!({"note": {"id": step, "text": format!("naming to {t} done")}}),
+                        );
+                    }
+                    let _ = tx.blocking_send(json_line(&json!({"aux": {"ID": id}})));
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(error_line(&e.to_string()));
+                }
+            }
+            return;
+        }
         let progress = ClassicProgress {
             tx: tx.clone(),
             quiet,

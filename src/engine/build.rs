@@ -159,9 +159,7 @@ pub fn build(engine: &Engine, req: BuildRequest, progress: &dyn BuildProgress) -
         } else {
             NoCache::None
         },
-        jobs: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        jobs: crate::executor::schedule::Jobs::adaptive(),
         explain: None,
         run_settings: RunSettings::default(),
     };
@@ -187,4 +185,44 @@ pub fn build(engine: &Engine, req: BuildRequest, progress: &dyn BuildProgress) -
         );
     }
     Ok(Built { image, tags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoImages;
+    impl crate::graph::dispatch::ImageSource for NoImages {
+        fn resolve(
+            &self,
+            reference: &str,
+        ) -> std::result::Result<crate::graph::dispatch::ResolvedImage, String> {
+            Err(format!("no image {reference}"))
+        }
+    }
+
+    #[test]
+    fn planned_stages_carry_the_written_instructions() {
+        let text =
+            "FROM scratch AS build\nCOPY a \\\n  /b\n\nFROM scratch\nCOPY --from=build /b /c\n";
+        let src = SourceLines::new(text);
+        let df = parser::parse(text).expect("parse");
+        let plan = dispatch(
+            &df,
+            &DispatchOptions {
+                build: BuildOptions::default(),
+                target: None,
+                labels: BTreeMap::new(),
+                now: 0,
+                source_date_epoch: None,
+            },
+            &NoImages,
+        )
+        .expect("plan");
+        let stages = planned_stages(&plan, &src);
+        eprintln!("{stages:?}");
+        assert_eq!(stages[0].from, "FROM scratch AS build");
+        assert_eq!(stages[0].steps, vec!["COPY a /b".to_string()]);
+        assert_eq!(stages[1].steps, vec!["COPY --from=build /b /c".to_string()]);
+    }
 }
