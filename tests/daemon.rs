@@ -492,3 +492,90 @@ fn tcp_needs_mutual_tls_unless_loopback_and_insecure() {
         "a client without a certificate got in"
     );
 }
+
+/// The table without its CREATED column (which moves with the clock).
+fn without_created(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| {
+            let cols: Vec<String> = l
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect();
+            cols.into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3)
+                .map(|(_, c)| c)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn kiln_client_mode_goes_through_the_api() {
+    let d = Daemon::start();
+    let ctx = multi_stage(&d);
+    let host = format!("unix://{}", d.sock.display());
+    let client = |args: &[&str]| {
+        // An empty root of its own: everything it shows must come from the daemon.
+        let mut c = kiln(d.k.work.path().join("client-root").as_path());
+        c.arg("-H").arg(&host).args(args);
+        run(c, None)
+    };
+    let out = client(&[
+        "build",
+        "--progress=plain",
+        "-t",
+        "viaclient",
+        ctx.to_str().expect("utf8"),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("[build 1/2] RUN /bin/sh -c echo built > /out.txt"),
+        "{err}"
+    );
+    assert!(err.contains(" writing image sha256:"), "{err}");
+    assert!(
+        err.contains(" naming to docker.io/library/viaclient:latest done"),
+        "{err}"
+    );
+    let quiet = client(&["build", "-q", ctx.to_str().expect("utf8")]);
+    assert!(
+        stdout(&quiet).trim().starts_with("sha256:"),
+        "{}",
+        stderr(&quiet)
+    );
+
+    // Same output as in-process use of the daemon's root.
+    let via_api = stdout(&client(&["images"]));
+    let in_process = d.k.ok(&["images"]);
+    assert_eq!(without_created(&via_api), without_created(&in_process));
+    assert!(via_api.contains("viaclient"), "{via_api}");
+    let inspect_api: serde_json::Value =
+        serde_json::from_str(&stdout(&client(&["image", "inspect", "viaclient"]))).expect("json");
+    let mut in_process = d.k.inspect("viaclient");
+    in_process["GraphDriver"] = inspect_api[0]["GraphDriver"].clone();
+    assert_eq!(inspect_api[0], in_process);
+
+    let out = client(&["tag", "viaclient", "vc:2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = client(&["rmi", "vc:2", "nope"]);
+    assert!(!out.status.success());
+    assert_eq!(stdout(&out), "Untagged: vc:2\n");
+    assert!(
+        stderr(&out).contains("Error response from daemon: No such image: nope"),
+        "{}",
+        stderr(&out)
+    );
+
+    // DOCKER_HOST naming a kiln daemon is used too.
+    let mut c = kiln(d.k.work.path().join("client-root").as_path());
+    c.env("DOCKER_HOST", &host)
+        .env_remove("KILN_HOST")
+        .arg("images");
+    let out = run(c, None);
+    assert!(stdout(&out).contains("viaclient"), "{}", stderr(&out));
+}

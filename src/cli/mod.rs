@@ -5,6 +5,7 @@ mod archive;
 mod build;
 mod builder;
 mod check;
+mod client;
 mod daemon;
 mod engine;
 mod format;
@@ -149,6 +150,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    if let Some(host) = client::daemon_host(cli) {
+        return client::run(cli, &host);
+    }
     let engine = || engine::Engine::open(&cli.root);
     match &cli.command {
         Command::Check(args) => check::run(args, &cli.root),
