@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # busybox-static: the tests' base image; skopeo, umoci: interop checks; git: ADD of git repos.
-packages=(build-essential python3 busybox-static skopeo umoci git)
+# iptables, iproute2, util-linux (nsenter): networks.
+packages=(build-essential python3 busybox-static skopeo umoci git iptables iproute2 util-linux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

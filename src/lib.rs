@@ -19,3 +19,4 @@ pub mod lint;
 pub mod parser;
 pub mod push;
 pub mod reference;
+pub mod run;

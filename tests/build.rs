@@ -638,3 +638,59 @@ fn explain_says_why_steps_missed_the_cache() {
     );
     assert!(!second.contains("a.go changed"), "{second}");
 }
+
+/// Layers built here are snapshots only (no blob written) until the image leaves the machine;
+/// `save` then writes them from the snapshots, and a snapshot changed behind kiln's back is
+/// refused rather than exported as a different image.
+#[test]
+fn local_layers_stay_snapshots_until_exported() {
+    let k = Kiln::new();
+    let base = k.busybox();
+    let ctx = k.context(
+        "lazy",
+        &format!("FROM {base}\nRUN echo made-here > /made\nCOPY a /a\n"),
+        &[("a", "data")],
+    );
+    let id = k.build(&ctx, &["-t", "lazy"]);
+    let layers: Vec<String> = k.inspect("lazy")["RootFS"]["Layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l.as_str().expect("digest").to_string())
+        .collect();
+    let blob = |d: &str| {
+        k.root
+            .path()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let built_here = &layers[layers.len() - 2..];
+    assert!(built_here.iter().all(|d| !blob(d).exists()), "{layers:?}");
+
+    let archive = k.work.path().join("lazy.tar");
+    k.ok(&["save", "-o", archive.to_str().expect("utf8"), "lazy"]);
+    assert!(built_here.iter().all(|d| blob(d).exists()));
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut load = kiln(other.path());
+    load.args(["load", "-i", archive.to_str().expect("utf8")]);
+    let out = run(load, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut ids = kiln(other.path());
+    ids.args(["images", "-q", "--no-trunc"]);
+    assert_eq!(stdout(&run(ids, None)).trim(), id);
+
+    // Tamper with the COPY layer's snapshot and drop its blob: the next export refuses.
+    let snapshot_file = walkdir::WalkDir::new(k.root.path().join("snapshots"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name() == "a" && e.path().parent().is_some_and(|p| p.ends_with("fs")))
+        .expect("the COPY layer's snapshot")
+        .into_path();
+    std::fs::write(&snapshot_file, "changed").expect("tamper");
+    std::fs::remove_file(blob(&layers[layers.len() - 1])).expect("remove blob");
+    let (_, err) = k.expect(
+        &["save", "-o", archive.to_str().expect("utf8"), "lazy"],
+        false,
+    );
+    assert!(err.contains("no longer matches its layer"), "{err}");
+}

@@ -141,7 +141,7 @@ fn help_lists_only_working_commands_and_global_options() {
         commands,
         vec![
             "build", "check", "images", "image", "history", "tag", "rmi", "save", "load",
-            "builder", "system", "help"
+            "builder", "network", "system", "help"
         ],
         "{help}"
     );

@@ -9,6 +9,7 @@ mod conformance;
 mod daemon;
 mod golden;
 mod images_cli;
+mod network;
 mod parser_properties;
 mod run;
 mod sandbox;

@@ -42,6 +42,10 @@ pub type Result<T, E = BuildCacheError> = std::result::Result<T, E>;
 pub struct CachedLayer {
     pub diff_id: Digest,
     pub blob: Descriptor,
+    /// The snapshot (chain ID) holding the layer: the only copy of a layer built here until
+    /// an export writes its blob (see `cache::layer_blob`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<Digest>,
 }
 
 /// What a cached step produced.
@@ -185,6 +189,15 @@ impl BuildCache {
         })
     }
 
+    /// The snapshots the cache refers to: garbage collection keeps them.
+    pub fn chains(&self) -> Result<Vec<Digest>> {
+        Ok(self
+            .entries()?
+            .into_values()
+            .filter_map(|r| r.layer.and_then(|l| l.chain))
+            .collect())
+    }
+
     /// The blobs the cache refers to: roots for garbage collection.
     pub fn blobs(&self) -> Result<Vec<Digest>> {
         Ok(self
@@ -201,6 +214,7 @@ mod tests {
 
     fn layer(n: u8) -> CachedLayer {
         CachedLayer {
+            chain: None,
             diff_id: Digest::of(&[n]),
             blob: Descriptor {
                 media_type: "application/vnd.oci.image.layer.v1.tar".into(),

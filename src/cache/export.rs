@@ -74,6 +74,8 @@ pub enum ExportError {
     Content(#[from] ContentError),
     #[error("cannot hold a GC lease for the export: {0}")]
     Lease(#[from] GcError),
+    #[error(transparent)]
+    LayerBlob(#[from] super::layer_blob::LayerBlobError),
     #[error("image {manifest} cannot be exported: {message}")]
     InvalidImage { manifest: Digest, message: String },
     #[error("layer {layer} has media type {media_type:?}, which kiln cannot recompress")]
@@ -302,6 +304,8 @@ pub fn prepare_for_export(
     let lease = Leases::acquire(store.root(), &format!("export {manifest}"))?;
     // Recorded before reading: GC keeps the manifest and everything it references.
     lease.add(manifest)?;
+    // Layers built here may exist only as snapshots so far.
+    super::layer_blob::ensure_image(store, &lease, manifest)?;
     let image = store.image(manifest)?;
     let layers = &image.manifest.layers;
     let diff_ids = &image.config.rootfs.diff_ids;

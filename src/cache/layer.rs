@@ -551,10 +551,16 @@ impl<W: Write> LayerWriter<'_, W> {
             remaining: spec.size,
             failed: None,
         };
+        // BufReader zero-fills its buffer on first use: size it to the file, so 20,000 small
+        // files do not each clear 256 KiB.
+        let capacity = usize::try_from(spec.size)
+            .unwrap_or(IO_BUF)
+            .saturating_add(1)
+            .clamp(4096, IO_BUF);
         let result = self.append(
             full,
             &spec,
-            &mut BufReader::with_capacity(IO_BUF, &mut exact),
+            &mut BufReader::with_capacity(capacity, &mut exact),
         );
         if let Some(source) = exact.failed.take() {
             return Err(LayerError::Source {

@@ -18,6 +18,7 @@ pub mod gc;
 pub mod image;
 pub mod import;
 pub mod layer;
+pub mod layer_blob;
 pub mod lock;
 pub mod refs;
 pub mod snapshot;

@@ -196,6 +196,15 @@ pub trait Snapshotter: Send + Sync {
 
     /// Every committed snapshot with its parent and size on disk.
     fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotError>;
+
+    /// The directory holding exactly snapshot `id`'s own layer, in overlay upper format
+    /// (overlay snapshotter), from which [`super::layer::write_layer`] regenerates the
+    /// layer's tar byte for byte. `None` when the snapshot does not exist or snapshots hold
+    /// merged trees (copying snapshotter): then layer blobs must be kept in the content store.
+    fn layer_dir(&self, id: &Digest) -> Option<PathBuf>;
+
+    /// Whether [`Snapshotter::layer_dir`] can answer (snapshots keep per-layer diffs).
+    fn keeps_layer_diffs(&self) -> bool;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -410,11 +419,8 @@ struct Guard {
 }
 
 impl Guard {
-    fn release(&mut self) -> Result<()> {
-        if self.released {
-            return Ok(());
-        }
-        self.released = true;
+    /// Unmounts what this guard mounted (once), checking it is really gone.
+    fn unmount(&mut self) -> Result<()> {
         if let (Some(target), Some(mounter)) = (self.mounted.take(), self.mounter.as_deref()) {
             unmount(mounter, &target)?;
             if is_mount_point(&target) {
@@ -424,6 +430,15 @@ impl Guard {
                 });
             }
         }
+        Ok(())
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        self.released = true;
+        self.unmount()?;
         fs::remove_dir_all(&self.dir).map_err(io_err("removing", &self.dir))?;
         self.lock = None;
         Ok(())
@@ -510,6 +525,13 @@ impl Active {
             differ.run()?;
         }
         Ok(&self.upper)
+    }
+
+    /// Unmounts the rootfs but keeps `upper`, so that its entries can be moved into a
+    /// committed snapshot instead of copied. Call after [`Active::diff`]; `rootfs` is unusable
+    /// afterwards. Dropping or [`Active::close`] still removes whatever is left.
+    pub fn unmount(&mut self) -> Result<()> {
+        self.guard.unmount()
     }
 
     /// Unmounts and cleans up now.
@@ -948,6 +970,14 @@ impl Snapshotter for OverlaySnapshotter {
         self.store.exists(id)
     }
 
+    fn layer_dir(&self, id: &Digest) -> Option<PathBuf> {
+        self.store.exists(id).then(|| self.store.fs_dir(id))
+    }
+
+    fn keeps_layer_diffs(&self) -> bool {
+        true
+    }
+
     fn create(
         &self,
         id: &Digest,
@@ -1045,6 +1075,14 @@ impl Snapshotter for CopySnapshotter {
 
     fn exists(&self, id: &Digest) -> bool {
         self.store.exists(id)
+    }
+
+    fn layer_dir(&self, _id: &Digest) -> Option<PathBuf> {
+        None
+    }
+
+    fn keeps_layer_diffs(&self) -> bool {
+        false
     }
 
     fn create(

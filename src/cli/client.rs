@@ -161,6 +161,7 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
         Command::Check(args) => super::check::run(args, &cli.root),
         Command::Builder { .. } => not_yet("builder"),
         Command::System { .. } => not_yet("system"),
+        Command::Network { .. } => not_yet("network"),
         Command::Daemon(_) => bail!("kiln daemon does not run through another daemon"),
     }
 }

@@ -10,6 +10,7 @@ mod daemon;
 mod engine;
 mod format;
 mod images;
+mod network;
 mod progress;
 mod system;
 
@@ -81,6 +82,11 @@ pub enum Command {
     },
     /// Serve the Docker-compatible API (the docker CLI and SDKs can drive kiln).
     Daemon(daemon::DaemonArgs),
+    /// Manage networks.
+    Network {
+        #[command(subcommand)]
+        command: network::NetworkCommand,
+    },
     /// Manage kiln.
     System {
         #[command(subcommand)]
@@ -179,6 +185,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             builder::BuilderCommand::Prune(args) => builder::prune(args, &engine()?),
         },
         Command::Daemon(args) => daemon::run(args, &cli.root, &cli.host),
+        Command::Network { command } => network::run(command, &cli.root),
         Command::System { command } => match command {
             SystemCommand::Df => system::df(&engine()?),
         },

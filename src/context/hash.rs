@@ -51,17 +51,24 @@ impl FileHasher for PlainFileHasher {
 
 /// The sha256 of everything `r` yields.
 pub(crate) fn hash_reader(r: &mut impl Read) -> io::Result<Digest> {
-    let mut w = DigestWriter::new(io::sink());
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => w.write_all(&buf[..n])?,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
+    thread_local! {
+        // One buffer per thread: allocating (and zeroing) 256 KiB per small file costs more
+        // than hashing it.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 * 1024]);
     }
-    Ok(w.finish().1)
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut w = DigestWriter::new(io::sink());
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => w.write_all(&buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(w.finish().1)
+    })
 }
 
 /// Version tag at the start of the hashed stream; change it if the record format changes.

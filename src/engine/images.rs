@@ -200,11 +200,29 @@ pub fn prune(
 /// Removes blobs and snapshots no image needs any more. Returns bytes reclaimed (with
 /// `dry_run`: the blob bytes that would be).
 pub fn collect_garbage(store: &ImageStore, dry_run: bool) -> Result<u64> {
+    let root = store.root();
     let roots: Vec<Digest> = store.images()?.into_keys().collect();
-    let report = crate::cache::gc::collect(&store.content, &roots, dry_run)?;
+    // The build cache is not garbage: `kiln builder prune` removes it (as docker does).
+    let cache = crate::cache::buildcache::BuildCache::open(root)
+        .map_err(|e| EngineError::Build(e.to_string()))?;
+    let report = crate::cache::gc::collect_with(&store.content, dry_run, || {
+        let mut all = roots.clone();
+        all.extend(cache.blobs()?);
+        Ok::<_, crate::cache::buildcache::BuildCacheError>(all)
+    })?;
     let mut reclaimed = report.reclaimed;
-    // Snapshots whose chain no image uses.
-    let mut keep = BTreeSet::new();
+    // Snapshots whose chain no image, cache record or running build uses. (Layers built here
+    // may exist only as snapshots: see cache::layer_blob.)
+    let mut keep: BTreeSet<Digest> = cache
+        .chains()
+        .map_err(|e| EngineError::Build(e.to_string()))?
+        .into_iter()
+        .collect();
+    for lease in crate::cache::gc::Leases::list(root)? {
+        if lease.is_live() {
+            keep.extend(lease.digests.iter().cloned());
+        }
+    }
     for m in &roots {
         if let Ok(img) = store.image(m) {
             let ids = &img.config.rootfs.diff_ids;

@@ -19,6 +19,7 @@ use super::ExecError;
 use crate::cache::buildcache::{BuildCache, CachedLayer};
 use crate::cache::image::{media, rfc3339, Descriptor, History, ImageConfig};
 use crate::cache::layer::{self, Compression, LayerOptions, UnpackMode};
+use crate::cache::layer_blob;
 use crate::cache::snapshot::{chain_id, Snapshotter, View};
 use crate::cache::store::{ImageStore, StoredImage};
 use crate::cache::Digest;
@@ -455,9 +456,9 @@ impl Builder<'_> {
                 files,
             });
             let cached = match (&step_key, self.cache, skip_cache) {
-                (Some(k), Some(cache), false) => {
-                    self.cache_hit(cache, k).map_err(|e| e.at(op.span, shown))?
-                }
+                (Some(k), Some(cache), false) => self
+                    .cache_hit(cache, k, &state.layers)
+                    .map_err(|e| e.at(op.span, shown))?,
                 _ => None,
             };
             let layer = match cached {
@@ -479,6 +480,14 @@ impl Builder<'_> {
                         let record = layer.as_ref().map(|l| CachedLayer {
                             diff_id: l.diff_id.clone(),
                             blob: l.blob.clone(),
+                            chain: chain_id(
+                                &state
+                                    .layers
+                                    .iter()
+                                    .chain([l])
+                                    .map(|l| l.diff_id.clone())
+                                    .collect::<Vec<_>>(),
+                            ),
                         });
                         cache
                             .put(k, record, shown)
@@ -569,27 +578,36 @@ impl Builder<'_> {
         ))
     }
 
-    /// A usable cache record for `key`: its blob is still in the store.
+    /// A usable cache record for `key`: its blob is still in the store, or (a layer built
+    /// here and not exported yet) its snapshot on top of `below` still exists.
     fn cache_hit(
         &self,
         cache: &BuildCache,
         key: &Digest,
+        below: &[LayerRef],
     ) -> Result<Option<Option<LayerRef>>, ExecError> {
-        let Some(record) = cache
-            .lookup(key)
-            .map_err(|e| ExecError::Store(e.to_string()))?
-        else {
+        let store = |e: String| ExecError::Store(e);
+        let Some(record) = cache.lookup(key).map_err(|e| store(e.to_string()))? else {
             return Ok(None);
         };
         let layer = match &record.layer {
             None => None,
             Some(l) => {
-                if !self
+                let stored = self
                     .lease
                     .protect_existing(&self.store.content, &l.blob.digest)
-                    .map_err(|e| ExecError::Store(e.to_string()))?
-                {
-                    return Ok(None);
+                    .map_err(|e| store(e.to_string()))?;
+                if !stored {
+                    let mut ids: Vec<Digest> = below.iter().map(|l| l.diff_id.clone()).collect();
+                    ids.push(l.diff_id.clone());
+                    let snapshot = chain_id(&ids).filter(|c| {
+                        l.blob.digest == l.diff_id && self.snapshots.layer_dir(c).is_some()
+                    });
+                    let Some(chain) = snapshot else {
+                        return Ok(None);
+                    };
+                    // Keeps a concurrent prune away from the snapshot until the image is recorded.
+                    self.lease.add(&chain).map_err(|e| store(e.to_string()))?;
                 }
                 Some(LayerRef {
                     diff_id: l.diff_id.clone(),
@@ -788,10 +806,14 @@ impl Builder<'_> {
         let empty = std::fs::read_dir(&upper)
             .map(|mut d| d.next().is_none())
             .unwrap_or(true);
+        // The overlay goes first: the upper dir's entries then move into the new snapshot.
+        active
+            .unmount()
+            .map_err(|e| ExecError::Store(format!("unmounting the step's filesystem: {e}")))?;
         let layer = if empty {
             None
         } else {
-            Some(self.commit_layer(plan, &upper, chain, false)?)
+            Some(self.commit_layer(plan, &upper, chain, true)?)
         };
         active
             .close()
@@ -799,10 +821,12 @@ impl Builder<'_> {
         Ok(layer)
     }
 
-    /// Turns a layer directory into a blob + snapshot on top of `parent`.
+    /// Turns a layer directory into a layer on top of `parent`: a committed snapshot, and a
+    /// blob in the content store unless the layer can live as a snapshot only.
     /// With `movable`, `upper` is a private directory that may be consumed: an overlay
     /// snapshot then takes its entries by rename instead of unpacking the blob again (one
-    /// write of the layer's bytes instead of two).
+    /// write of the layer's bytes instead of two), and no blob is written at all (the tar is
+    /// only hashed; `cache::layer_blob` writes it if the image leaves the machine).
     fn commit_layer(
         &self,
         plan: &Plan,
@@ -811,36 +835,58 @@ impl Builder<'_> {
         movable: bool,
     ) -> Result<LayerRef, ExecError> {
         let store = |e: String| ExecError::Store(e);
-        let mut writer = self
-            .store
-            .content
-            .writer()
-            .map_err(|e| store(e.to_string()))?;
         let opts = LayerOptions {
             source_date_epoch: plan.source_date_epoch,
         };
-        let info = layer::write_layer(upper, Compression::Uncompressed, &opts, &mut writer)
-            .map_err(|e| store(format!("writing layer: {e}")))?;
-        let (digest, size) = self
-            .lease
-            .commit(writer, Some(&info.digest), Some(info.size))
-            .map_err(|e| store(e.to_string()))?;
-        let layer = LayerRef {
-            diff_id: info.diff_id.clone(),
-            blob: Descriptor {
-                media_type: media::OCI_LAYER.to_string(),
-                digest,
-                size,
-                platform: None,
-                annotations: BTreeMap::new(),
-            },
+        // Clamped mtimes (SOURCE_DATE_EPOCH) exist only in the tar: those layers are
+        // written and unpacked.
+        let snapshot_only =
+            movable && plan.source_date_epoch.is_none() && self.snapshots.keeps_layer_diffs();
+        let layer = if snapshot_only {
+            let (diff_id, size) = layer_blob::hash_layer(upper, &opts)
+                .map_err(|e| store(format!("hashing layer: {e}")))?;
+            LayerRef {
+                blob: Descriptor {
+                    media_type: media::OCI_LAYER.to_string(),
+                    digest: diff_id.clone(),
+                    size,
+                    platform: None,
+                    annotations: BTreeMap::new(),
+                },
+                diff_id,
+            }
+        } else {
+            let mut writer = self
+                .store
+                .content
+                .writer()
+                .map_err(|e| store(e.to_string()))?;
+            let info = layer::write_layer(upper, Compression::Uncompressed, &opts, &mut writer)
+                .map_err(|e| store(format!("writing layer: {e}")))?;
+            let (digest, size) = self
+                .lease
+                .commit(writer, Some(&info.digest), Some(info.size))
+                .map_err(|e| store(e.to_string()))?;
+            LayerRef {
+                diff_id: info.diff_id.clone(),
+                blob: Descriptor {
+                    media_type: media::OCI_LAYER.to_string(),
+                    digest,
+                    size,
+                    platform: None,
+                    annotations: BTreeMap::new(),
+                },
+            }
         };
         let id = match parent {
-            Some(p) => Digest::of(format!("{p} {}", info.diff_id).as_bytes()),
-            None => info.diff_id.clone(),
+            Some(p) => Digest::of(format!("{p} {}", layer.diff_id).as_bytes()),
+            None => layer.diff_id.clone(),
         };
+        if snapshot_only {
+            // The snapshot is the layer's only copy: protect it like a blob.
+            self.lease.add(&id).map_err(|e| store(e.to_string()))?;
+        }
         if !self.snapshots.exists(&id) {
-            // Clamped mtimes (SOURCE_DATE_EPOCH) exist only in the tar: unpack it then.
             if movable && plan.source_date_epoch.is_none() {
                 self.move_into_snapshot(&id, parent, upper, &layer.blob.digest)?;
             } else {

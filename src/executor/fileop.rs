@@ -12,6 +12,7 @@
 //! symlinks are copied as symlinks except a source named directly, which is followed; context
 //! files become root-owned unless `--chown`; files from another stage keep their owners.
 
+use rayon::prelude::*;
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -298,19 +299,28 @@ pub fn copy(op: &CopyOp, tree: &dyn SourceTree, env: &CopyEnv) -> Result<bool, E
         };
         if meta.is_dir() {
             w.ensure_dir(&target_root, Some((&host, &meta)))?;
+            // Directories first, in walk order (parents before children); then every other
+            // entry in parallel: they are independent once their directories exist.
+            let mut entries = Vec::new();
             for sub in tree.descendants(rel)? {
                 let sub_host = host.join(&sub);
-                let sub_is_dir = std::fs::symlink_metadata(&sub_host)
-                    .map(|m| m.is_dir())
-                    .unwrap_or(false);
-                if (env.excluded)(&sub, sub_is_dir) {
+                let sub_meta = std::fs::symlink_metadata(&sub_host)
+                    .map_err(|e| ExecError::io(&sub_host, e))?;
+                if (env.excluded)(&sub, sub_meta.is_dir()) {
                     continue;
                 }
-                w.copy_entry(
-                    &sub_host,
-                    &format!("{}/{sub}", target_root.trim_end_matches('/')),
-                )?;
+                let target = format!("{}/{sub}", target_root.trim_end_matches('/'));
+                w.wrote = true;
+                if sub_meta.is_dir() {
+                    w.ensure_dir(&target, Some((&sub_host, &sub_meta)))?;
+                } else {
+                    entries.push((sub_host, target, sub_meta));
+                }
             }
+            let copier = w.copier();
+            entries
+                .par_iter()
+                .try_for_each(|(h, t, m)| copier.copy_non_dir(h, t, m))?;
         } else {
             if (env.excluded)(&base_name, false) {
                 continue;
@@ -491,14 +501,93 @@ impl Writer<'_> {
     /// Copies one entry (not following a symlink) to `target` in the layer.
     fn copy_entry(&mut self, host: &Path, target: &str) -> Result<(), ExecError> {
         let meta = std::fs::symlink_metadata(host).map_err(|e| ExecError::io(host, e))?;
-        let path = self.upper_path(target);
-        let owner = self.owner_for(&meta);
-        let times = Some((meta.mtime(), meta.mtime_nsec()));
-        let ft = meta.file_type();
         self.wrote = true;
-        if ft.is_dir() {
+        if meta.is_dir() {
             return self.ensure_dir(target, Some((host, &meta)));
         }
+        self.copier().copy_non_dir(host, target, &meta)
+    }
+
+    /// What copying files needs, shareable between threads.
+    fn copier(&self) -> FileCopier<'_> {
+        FileCopier {
+            upper: self.env.upper,
+            owner: self.owner,
+            chmod: self.chmod.as_ref(),
+            preserve_owner: self.preserve_owner,
+        }
+    }
+
+    fn finish_entry(
+        &self,
+        path: &Path,
+        mode: u32,
+        owner: (u32, u32),
+        times: Option<(i64, i64)>,
+        _follow: bool,
+    ) -> Result<(), ExecError> {
+        finish_entry(path, mode, owner, times)
+    }
+
+    fn finish_dirs(&mut self) -> Result<(), ExecError> {
+        // Deepest first, so setting a child's times does not disturb its parent's.
+        let mut dirs = std::mem::take(&mut self.dirs_to_finish);
+        dirs.sort_by(|a, b| b.0.cmp(&a.0));
+        for (path, mode, owner, times) in dirs {
+            self.finish_entry(&path, mode, owner, times, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets owner, mode and times of a written entry (owner first: chown clears set-id bits).
+fn finish_entry(
+    path: &Path,
+    mode: u32,
+    owner: (u32, u32),
+    times: Option<(i64, i64)>,
+) -> Result<(), ExecError> {
+    nix::unistd::chown(
+        path,
+        Some(Uid::from_raw(owner.0)),
+        Some(Gid::from_raw(owner.1)),
+    )
+    .map_err(|e| ExecError::io(path, e.into()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| ExecError::io(path, e))?;
+    set_times(path, times, true)
+}
+
+/// Copies non-directory entries into the layer; `Sync`, so a directory's files are copied
+/// in parallel.
+struct FileCopier<'a> {
+    upper: &'a Path,
+    owner: Option<(u32, u32)>,
+    chmod: Option<&'a Chmod>,
+    preserve_owner: bool,
+}
+
+impl FileCopier<'_> {
+    fn owner_for(&self, m: &std::fs::Metadata) -> (u32, u32) {
+        match self.owner {
+            Some(o) => o,
+            None if self.preserve_owner => (m.uid(), m.gid()),
+            None => (0, 0),
+        }
+    }
+
+    /// Copies a file, symlink, device or fifo `host` (metadata `meta`, not followed) to
+    /// `target`, replacing what is there.
+    fn copy_non_dir(
+        &self,
+        host: &Path,
+        target: &str,
+        meta: &std::fs::Metadata,
+    ) -> Result<(), ExecError> {
+        let path = self.upper.join(target.trim_start_matches('/'));
+        let owner = self.owner_for(meta);
+        let times = Some((meta.mtime(), meta.mtime_nsec()));
+        let ft = meta.file_type();
         if let Ok(existing) = std::fs::symlink_metadata(&path) {
             if existing.is_dir() {
                 std::fs::remove_dir_all(&path).map_err(|e| ExecError::io(&path, e))?;
@@ -517,15 +606,10 @@ impl Writer<'_> {
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
             )
             .map_err(|e| ExecError::io(&path, e.into()))?;
-            set_times(&path, times, false)?;
-            return Ok(());
+            return set_times(&path, times, false);
         }
         let mode = meta.mode() & 0o7777;
-        let mode = self
-            .chmod
-            .as_ref()
-            .map(|c| c.apply(mode, false))
-            .unwrap_or(mode);
+        let mode = self.chmod.map(|c| c.apply(mode, false)).unwrap_or(mode);
         if ft.is_file() {
             std::fs::copy(host, &path).map_err(|e| ExecError::io(&path, e))?;
         } else {
@@ -544,36 +628,7 @@ impl Writer<'_> {
             mknod(&path, kind, Mode::from_bits_truncate(mode), meta.rdev())
                 .map_err(|e| ExecError::io(&path, e.into()))?;
         }
-        self.finish_entry(&path, mode, owner, times, true)
-    }
-
-    fn finish_entry(
-        &self,
-        path: &Path,
-        mode: u32,
-        owner: (u32, u32),
-        times: Option<(i64, i64)>,
-        _follow: bool,
-    ) -> Result<(), ExecError> {
-        nix::unistd::chown(
-            path,
-            Some(Uid::from_raw(owner.0)),
-            Some(Gid::from_raw(owner.1)),
-        )
-        .map_err(|e| ExecError::io(path, e.into()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| ExecError::io(path, e))?;
-        set_times(path, times, true)
-    }
-
-    fn finish_dirs(&mut self) -> Result<(), ExecError> {
-        // Deepest first, so setting a child's times does not disturb its parent's.
-        let mut dirs = std::mem::take(&mut self.dirs_to_finish);
-        dirs.sort_by(|a, b| b.0.cmp(&a.0));
-        for (path, mode, owner, times) in dirs {
-            self.finish_entry(&path, mode, owner, times, true)?;
-        }
-        Ok(())
+        finish_entry(&path, mode, owner, times)
     }
 }
 

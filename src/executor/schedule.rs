@@ -79,15 +79,18 @@ fn sample_cpu() -> Option<CpuSample> {
 struct Admission {
     jobs: Jobs,
     cpus: f64,
+    /// Reads the machine's CPU times (`sample_cpu`; tests pass a stand-in).
+    sample: fn() -> Option<CpuSample>,
     since: Option<CpuSample>,
 }
 
 impl Admission {
-    fn new(jobs: Jobs) -> Admission {
+    fn new(jobs: Jobs, sample: fn() -> Option<CpuSample>) -> Admission {
         Admission {
             jobs,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
-            since: sample_cpu(),
+            sample,
+            since: sample(),
         }
     }
 
@@ -99,13 +102,13 @@ impl Admission {
             return false;
         }
         let Some(since) = self.since else {
-            self.since = sample_cpu();
+            self.since = (self.sample)();
             return false;
         };
         if since.at.elapsed() < IDLE_SAMPLE {
             return false;
         }
-        let Some(now) = sample_cpu() else {
+        let Some(now) = (self.sample)() else {
             return false;
         };
         let total = now.total.saturating_sub(since.total);
@@ -126,6 +129,16 @@ pub fn run_graph(
     light: &(dyn Fn(Node) -> bool + Sync),
     run: &(dyn Fn(Node) -> Result<(), ExecError> + Sync),
 ) -> Result<(), ExecError> {
+    run_graph_with(graph, Admission::new(jobs, sample_cpu), cancel, light, run)
+}
+
+fn run_graph_with(
+    graph: &StepGraph,
+    mut admission: Admission,
+    cancel: &CancelToken,
+    light: &(dyn Fn(Node) -> bool + Sync),
+    run: &(dyn Fn(Node) -> Result<(), ExecError> + Sync),
+) -> Result<(), ExecError> {
     let depths = graph.depths();
     let mut waiting: BTreeMap<Node, usize> =
         graph.nodes().map(|n| (n, graph.in_degree(n))).collect();
@@ -137,7 +150,6 @@ pub fn run_graph(
         }
     }
     waiting.retain(|_, d| *d > 0);
-    let mut admission = Admission::new(jobs);
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel::<(Node, Result<(), ExecError>)>();
         let mut running_heavy = 0usize;
@@ -215,9 +227,27 @@ pub fn run_graph(
 mod tests {
     use super::*;
 
+    /// A machine whose CPUs are always idle: 100 ticks per millisecond, all idle.
+    fn all_idle() -> Option<CpuSample> {
+        let at = Instant::now();
+        let ticks = START.with(|s| at.duration_since(*s).as_millis() as u64 * 100);
+        Some(CpuSample {
+            at,
+            idle: ticks,
+            total: ticks,
+        })
+    }
+
+    thread_local! {
+        static START: Instant = Instant::now();
+    }
+
+    /// Two independent stages and a final one that copies from both.
+    const THREE_STAGES: &str = "FROM scratch AS a\nCOPY a /a\nFROM scratch AS b\nCOPY b /b\nFROM scratch\nCOPY c /c\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n";
+
     #[test]
     fn fixed_jobs_never_burst() {
-        let mut a = Admission::new(Jobs::fixed(2));
+        let mut a = Admission::new(Jobs::fixed(2), all_idle);
         assert!(a.may_start(0));
         assert!(a.may_start(1));
         assert!(!a.may_start(2));
@@ -227,21 +257,26 @@ mod tests {
 
     #[test]
     fn adaptive_jobs_burst_only_after_a_sample_of_idle_time() {
-        let mut a = Admission::new(Jobs { limit: 1, burst: 3 });
+        let mut a = Admission::new(Jobs { limit: 1, burst: 3 }, all_idle);
         assert!(a.may_start(0));
         // Right away there is no measurement yet.
         assert!(!a.may_start(1));
-        assert!(!a.may_start(3));
+        std::thread::sleep(IDLE_SAMPLE + Duration::from_millis(10));
+        assert!(a.may_start(1));
+        // A new window starts with each decision.
+        assert!(!a.may_start(2));
+        std::thread::sleep(IDLE_SAMPLE + Duration::from_millis(10));
+        assert!(!a.may_start(3), "never beyond the burst limit");
+        assert!(a.may_start(2));
     }
 
     /// Three independent stages that each wait until all three are running: only possible
-    /// if the scheduler starts more than `limit` steps while the CPUs are idle.
+    /// if the scheduler starts more than `limit` steps while the CPUs are idle (here a
+    /// stand-in machine that is always idle).
     #[test]
     fn idle_cpus_let_more_steps_start() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let plan = crate::graph::dag::tests::plan(
-            "FROM scratch AS a\nCOPY a /a\nFROM scratch AS b\nCOPY b /b\nFROM scratch\nCOPY c /c\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
-        );
+        let plan = crate::graph::dag::tests::plan(THREE_STAGES);
         let graph = StepGraph::new(&plan).expect("graph");
         let arrived = AtomicUsize::new(0);
         let max_seen = AtomicUsize::new(0);
@@ -259,16 +294,15 @@ mod tests {
         };
         let light = |n: Node| !first_ops(n);
         let jobs = Jobs { limit: 1, burst: 3 };
-        run_graph(&graph, jobs, &CancelToken::new(), &light, &run).expect("runs");
+        let admission = Admission::new(jobs, all_idle);
+        run_graph_with(&graph, admission, &CancelToken::new(), &light, &run).expect("runs");
         assert_eq!(max_seen.load(Ordering::SeqCst), 3);
     }
 
     #[test]
     fn a_fixed_limit_is_never_exceeded() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let plan = crate::graph::dag::tests::plan(
-            "FROM scratch AS a\nCOPY a /a\nFROM scratch AS b\nCOPY b /b\nFROM scratch\nCOPY c /c\nCOPY --from=a /a /a\nCOPY --from=b /b /b\n",
-        );
+        let plan = crate::graph::dag::tests::plan(THREE_STAGES);
         let graph = StepGraph::new(&plan).expect("graph");
         let running = AtomicUsize::new(0);
         let max_seen = AtomicUsize::new(0);

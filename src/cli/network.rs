@@ -1,0 +1,349 @@
+//! `kiln network create|ls|inspect|rm|prune`: docker's flags and output over
+//! [`crate::run::network::Networks`].
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::format::table;
+use super::Outcome;
+use crate::run::network::{CreateOptions, NetworkInfo, Networks};
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    #[command(name = "ls", visible_alias = "list")]
+    Ls(LsArgs),
+    /// Display detailed information on one or more networks.
+    Inspect(InspectArgs),
+    /// Remove one or more networks.
+    #[command(name = "rm", visible_alias = "remove")]
+    Rm(RmArgs),
+    /// Remove all unused networks.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Driver to manage the network (only "bridge").
+    #[arg(short, long, default_value = "bridge")]
+    pub driver: String,
+    /// Subnet in CIDR format (IPv4), e.g. 10.10.0.0/24.
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// IPv4 gateway for the subnet.
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Restrict external access to the network.
+    #[arg(long)]
+    pub internal: bool,
+    /// Set metadata on the network (KEY=VALUE).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only display network IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not truncate the output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Format output: "table", "json", or a template with {{.ID}} {{.Name}} {{.Driver}}
+    /// {{.Scope}} {{.Internal}} {{.CreatedAt}} {{.Labels}}.
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[arg(required = true, value_name = "NETWORK")]
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[arg(required = true, value_name = "NETWORK")]
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+pub fn run(command: &NetworkCommand, root: &Path) -> anyhow::Result<Outcome> {
+    let nets = Networks::open(root)?;
+    match command {
+        NetworkCommand::Create(a) => create(a, &nets),
+        NetworkCommand::Ls(a) => ls(a, &nets),
+        NetworkCommand::Inspect(a) => inspect(a, &nets),
+        NetworkCommand::Rm(a) => rm(a, &nets),
+        NetworkCommand::Prune(a) => prune(a, &nets),
+    }
+}
+
+fn create(a: &CreateArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+    let mut labels = BTreeMap::new();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            anyhow::bail!("invalid label {l:?}: the key is empty");
+        }
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let subnet = a
+        .subnet
+        .as_deref()
+        .map(|s| {
+            s.parse().with_context(|| {
+                format!("invalid --subnet {s:?}: expected an IPv4 CIDR like 10.10.0.0/24")
+            })
+        })
+        .transpose()?;
+    let gateway = a
+        .gateway
+        .as_deref()
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("invalid --gateway {s:?}: expected an IPv4 address"))
+        })
+        .transpose()?;
+    let opts = CreateOptions {
+        driver: Some(a.driver.clone()),
+        subnet,
+        gateway,
+        internal: a.internal,
+        labels,
+    };
+    let info = nets.create(&a.name, &opts)?;
+    println!("{}", info.id);
+    Ok(Outcome::Success)
+}
+
+fn ls(a: &LsArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+    let all = nets.list()?;
+    let id = |n: &NetworkInfo| {
+        if a.no_trunc {
+            n.id.clone()
+        } else {
+            n.short_id().to_string()
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if a.quiet {
+        for n in &all {
+            writeln!(out, "{}", id(n))?;
+        }
+        return Ok(Outcome::Success);
+    }
+    match a.format.as_deref() {
+        None | Some("table") => {
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|n| {
+                    vec![
+                        id(n),
+                        n.name.clone(),
+                        n.driver.clone(),
+                        n.scope().to_string(),
+                    ]
+                })
+                .collect();
+            out.write_all(table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows).as_bytes())?;
+        }
+        Some("json") => {
+            for n in &all {
+                let v = json!({
+                    "CreatedAt": n.created, "Driver": n.driver, "ID": id(n),
+                    "IPv6": "false", "Internal": n.internal.to_string(), "Labels": labels(n),
+                    "Name": n.name, "Scope": n.scope(),
+                });
+                writeln!(out, "{v}")?;
+            }
+        }
+        Some(template) => {
+            let (header, template) = match template.strip_prefix("table ") {
+                Some(t) => (true, t),
+                None => (false, template),
+            };
+            let fields = |n: &NetworkInfo| -> Vec<(&str, String)> {
+                vec![
+                    ("ID", id(n)),
+                    ("Name", n.name.clone()),
+                    ("Driver", n.driver.clone()),
+                    ("Scope", n.scope().to_string()),
+                    ("Internal", n.internal.to_string()),
+                    ("IPv6", "false".to_string()),
+                    ("CreatedAt", n.created.clone()),
+                    ("Labels", labels(n)),
+                ]
+            };
+            let render = |t: &str, vals: &[(&str, String)]| {
+                let mut s = t.replace("\\t", "\t");
+                for (k, v) in vals {
+                    s = s.replace(&format!("{{{{.{k}}}}}"), v);
+                    s = s.replace(&format!("{{{{ .{k} }}}}"), v);
+                }
+                s
+            };
+            if header {
+                let names: Vec<(&str, String)> = [
+                    ("ID", "NETWORK ID"),
+                    ("Name", "NAME"),
+                    ("Driver", "DRIVER"),
+                    ("Scope", "SCOPE"),
+                    ("Internal", "INTERNAL"),
+                    ("IPv6", "IPV6"),
+                    ("CreatedAt", "CREATED AT"),
+                    ("Labels", "LABELS"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect();
+                writeln!(out, "{}", render(template, &names))?;
+            }
+            for n in &all {
+                writeln!(out, "{}", render(template, &fields(n)))?;
+            }
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn labels(n: &NetworkInfo) -> String {
+    n.labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// docker's `network inspect` object.
+pub fn inspect_json(n: &NetworkInfo) -> Value {
+    let containers: serde_json::Map<String, Value> = n
+        .endpoints
+        .values()
+        .map(|e| {
+            let endpoint_id: String = Sha256::digest(format!("{}:{}", n.id, e.container_id))
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let addr = match n.subnet {
+                Some(s) if !e.ip.is_unspecified() => format!("{}/{}", e.ip, s.prefix_len()),
+                _ => String::new(),
+            };
+            (
+                e.container_id.clone(),
+                json!({
+                    "Name": e.name,
+                    "EndpointID": endpoint_id,
+                    "MacAddress": e.mac,
+                    "IPv4Address": addr,
+                    "IPv6Address": "",
+                }),
+            )
+        })
+        .collect();
+    let config: Vec<Value> = match (n.subnet, n.gateway) {
+        (Some(s), Some(g)) => vec![json!({"Subnet": s.to_string(), "Gateway": g.to_string()})],
+        (Some(s), None) => vec![json!({"Subnet": s.to_string()})],
+        _ => vec![],
+    };
+    let mut options = serde_json::Map::new();
+    if let Some(b) = &n.bridge {
+        options.insert("com.docker.network.bridge.name".into(), json!(b));
+    }
+    json!({
+        "Name": n.name,
+        "Id": n.id,
+        "Created": n.created,
+        "Scope": n.scope(),
+        "Driver": n.driver,
+        "EnableIPv6": false,
+        "IPAM": {"Driver": "default", "Options": null, "Config": config},
+        "Internal": n.internal,
+        "Attachable": false,
+        "Ingress": false,
+        "ConfigFrom": {"Network": ""},
+        "ConfigOnly": false,
+        "Containers": containers,
+        "Options": options,
+        "Labels": n.labels,
+    })
+}
+
+fn inspect(a: &InspectArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in &a.networks {
+        match nets.inspect(name) {
+            Ok(n) => found.push(inspect_json(&n)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    serde::Serialize::serialize(&found, &mut ser)?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&buf)?;
+    writeln!(out)?;
+    for e in &errors {
+        eprintln!("kiln: error: {e}");
+    }
+    Ok(if errors.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::Problems
+    })
+}
+
+fn rm(a: &RmArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+    let mut failed = false;
+    for name in &a.networks {
+        match nets.remove(name) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("kiln: error: {e}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        Outcome::Problems
+    } else {
+        Outcome::Success
+    })
+}
+
+fn prune(a: &PruneArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+    if !a.force {
+        eprint!("WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!();
+            return Ok(Outcome::Success);
+        }
+    }
+    let removed = nets.prune()?;
+    if !removed.is_empty() {
+        println!("Deleted Networks:");
+        for n in removed {
+            println!("{n}");
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,3 @@
+//! Running containers (`kiln run`): networking so far.
+
+pub mod network;
