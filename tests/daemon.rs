@@ -407,6 +407,20 @@ fn bad_requests_get_docker_errors() {
     let (code, body) = d.curl("POST", "/images/load", Some(&junk));
     assert!(code == 400 || code == 500, "{code} {body}");
     assert!(body.starts_with(r#"{"message":"#), "{body}");
+    // JSON bodies: malformed → 400, over the 16 MiB limit → 413, both as {"message"}.
+    let bad = d.k.work.path().join("bad.json");
+    std::fs::write(&bad, b"{\"Name\": ").expect("bad json");
+    let (code, body) = d.curl("POST", "/networks/create", Some(&bad));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.starts_with(r#"{"message":"invalid JSON"#), "{body}");
+    let huge = d.k.work.path().join("huge.json");
+    let mut big = b"{\"Name\": \"".to_vec();
+    big.resize(20 << 20, b'a');
+    big.extend_from_slice(b"\"}");
+    std::fs::write(&huge, &big).expect("huge json");
+    let (code, body) = d.curl("POST", "/networks/create", Some(&huge));
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("larger than the limit"), "{body}");
     let (code, _) = d.curl("HEAD", "/_ping", None);
     assert_eq!(code, 200);
     // Still alive.
@@ -578,4 +592,33 @@ fn kiln_client_mode_goes_through_the_api() {
         .arg("images");
     let out = run(c, None);
     assert!(stdout(&out).contains("viaclient"), "{}", stderr(&out));
+}
+
+#[test]
+fn docker_network_create_ls_inspect_rm() {
+    let d = Daemon::start();
+    let name = format!("kn{}", std::process::id() % 100_000);
+    let id = d.docker(&["network", "create", "--label", "team=a", &name]);
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let ls = d.docker(&["network", "ls"]);
+    assert!(ls.contains(&name) && ls.contains("bridge"), "{ls}");
+    let filtered = d.docker(&["network", "ls", "-q", "--filter", "label=team=a"]);
+    assert_eq!(filtered.trim(), &id.trim()[..12], "{filtered}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.docker(&["network", "inspect", &name])).expect("inspect JSON");
+    assert_eq!(inspect[0]["Name"], name.as_str());
+    assert!(
+        inspect[0]["IPAM"]["Config"][0]["Subnet"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/24")),
+        "{inspect}"
+    );
+    let (_, e) = d.docker_expect(&["network", "create", &name], false);
+    assert!(e.contains("already exists"), "{e}");
+    let (_, e) = d.docker_expect(&["network", "rm", "bridge"], false);
+    assert!(e.contains("pre-defined network"), "{e}");
+    let rm = d.docker(&["network", "rm", &name]);
+    assert_eq!(rm.trim(), name);
+    let (_, e) = d.docker_expect(&["network", "inspect", &name], false);
+    assert!(e.contains("not found"), "{e}");
 }

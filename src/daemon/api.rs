@@ -11,7 +11,7 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{ApiError, ApiResult, Body, Query};
-use super::{build, events, images, system, State, API_VERSION, MIN_API_VERSION};
+use super::{build, events, images, networks, system, State, API_VERSION, MIN_API_VERSION};
 
 /// `1.43` → (1, 43).
 fn parse_version(v: &str) -> Option<(u32, u32)> {
@@ -92,6 +92,13 @@ fn image_action<'a>(route: &'a str, actions: &[&str]) -> Option<(&'a str, &'a st
     (!name.is_empty() && actions.contains(&action)).then_some((name, action))
 }
 
+/// `/networks/{id}` → `id` (one non-empty path segment after the prefix).
+fn one_segment<'a>(route: &'a str, prefix: &str) -> Option<&'a str> {
+    route
+        .strip_prefix(prefix)
+        .filter(|r| !r.is_empty() && !r.contains('/'))
+}
+
 async fn dispatch(
     state: Arc<State>,
     req: Request<Incoming>,
@@ -111,6 +118,15 @@ async fn dispatch(
         (Method::GET, "/images/get") => images::save(&state, query.all("names")).await,
         (Method::POST, "/images/load") => images::load(&state, &query, req).await,
         (Method::POST, "/build") => build::build(&state, &query, req).await,
+        (Method::GET, "/networks") => networks::list(&state, &query).await,
+        (Method::POST, "/networks/create") => networks::create(&state, req).await,
+        (Method::POST, "/networks/prune") => networks::prune(&state, &query).await,
+        (Method::GET, r) if one_segment(r, "/networks/").is_some() => {
+            networks::inspect(&state, one_segment(r, "/networks/").unwrap_or_default()).await
+        }
+        (Method::DELETE, r) if one_segment(r, "/networks/").is_some() => {
+            networks::remove(&state, one_segment(r, "/networks/").unwrap_or_default()).await
+        }
         (Method::GET, r) if image_action(r, &["json"]).is_some() => {
             let (name, _) = image_action(r, &["json"]).unwrap_or_default();
             images::inspect(&state, name).await

@@ -13,6 +13,7 @@ mod events;
 pub mod http;
 mod images;
 pub mod listen;
+mod networks;
 mod system;
 
 use std::path::PathBuf;

@@ -7,6 +7,7 @@
 pub mod build;
 pub mod events;
 pub mod images;
+pub mod networks;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
