@@ -249,11 +249,13 @@ fn copy_errors_name_the_step() {
         "{err}"
     );
 
-    let ctx = k.context("noimage", "FROM nosuchimage\n", &[]);
+    // Missing images are pulled; port 1 of loopback refuses (tests never reach Docker Hub).
+    let ctx = k.context("noimage", "FROM 127.0.0.1:1/nosuchimage\n", &[]);
     let err = k.build_fails(&ctx);
     assert!(
-        err.contains("docker.io/library/nosuchimage:latest")
-            && err.contains("not in the local store"),
+        err.contains("127.0.0.1:1/nosuchimage:latest")
+            && err.contains("not in the local store, and pulling it failed")
+            && err.contains("cannot reach 127.0.0.1:1"),
         "{err}"
     );
 }
@@ -693,4 +695,37 @@ fn local_layers_stay_snapshots_until_exported() {
         false,
     );
     assert!(err.contains("no longer matches its layer"), "{err}");
+}
+
+/// `--cache-from` into an empty root: steps of an intermediate stage hit (their layers exist
+/// only as imported blobs), a later step misses and builds on top of them, and the output is
+/// right (the imported layers are unpacked when needed).
+#[test]
+fn imported_cache_hits_then_a_miss_in_an_intermediate_stage() {
+    let dockerfile = "FROM scratch AS build\nCOPY rootfs/ /\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo one > /one\"]\nCOPY f /f\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"cat /one /f > /out\"]\nFROM scratch\nCOPY --from=build /out /out\n";
+    let setup = |k: &Kiln, f: &str| {
+        let ctx = k.context("imported", dockerfile, &[("f", f)]);
+        std::fs::create_dir_all(ctx.join("rootfs/bin")).expect("mkdir");
+        std::fs::copy("/bin/busybox", ctx.join("rootfs/bin/busybox")).expect("busybox");
+        ctx
+    };
+    let a = Kiln::new();
+    let cache_dir = a.work.path().join("exported-cache");
+    let to = format!("type=local,dest={},mode=max", cache_dir.display());
+    a.build(&setup(&a, "v1\n"), &["--cache-to", &to]);
+
+    let b = Kiln::new();
+    let ctx = setup(&b, "v2\n");
+    let from = format!("type=local,src={}", cache_dir.display());
+    let path = ctx.to_str().expect("utf8").to_string();
+    let (_, err) = b.expect(
+        &["build", "--progress=plain", "--cache-from", &from, &path],
+        true,
+    );
+    assert!(err.matches("CACHED").count() >= 2, "{err}");
+    let out = b.files(&ctx, &["--cache-from", &from]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("out")).expect("out"),
+        "one\nv2\n"
+    );
 }

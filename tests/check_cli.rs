@@ -140,8 +140,8 @@ fn help_lists_only_working_commands_and_global_options() {
     assert_eq!(
         commands,
         vec![
-            "build", "check", "images", "image", "history", "tag", "rmi", "save", "load",
-            "builder", "network", "system", "help"
+            "build", "check", "images", "image", "history", "tag", "rmi", "save", "load", "pull",
+            "push", "login", "logout", "builder", "network", "system", "help"
         ],
         "{help}"
     );

@@ -11,5 +11,6 @@ mod golden;
 mod images_cli;
 mod network;
 mod parser_properties;
+mod registry;
 mod run;
 mod sandbox;

@@ -72,6 +72,8 @@ pub struct BuildCache {
     dir: PathBuf,
     snapshot: std::sync::Arc<std::sync::OnceLock<BTreeMap<Digest, CacheRecord>>>,
     used: std::sync::Arc<std::sync::Mutex<Vec<Digest>>>,
+    /// Every key this build hit or recorded (what `--cache-to` exports).
+    touched: std::sync::Arc<std::sync::Mutex<Vec<Digest>>>,
 }
 
 impl BuildCache {
@@ -85,6 +87,7 @@ impl BuildCache {
             dir,
             snapshot: Default::default(),
             used: Default::default(),
+            touched: Default::default(),
         })
     }
 
@@ -103,6 +106,21 @@ impl BuildCache {
         if let Ok(mut u) = self.used.lock() {
             u.push(key.clone());
         }
+        self.touch_key(key);
+    }
+
+    fn touch_key(&self, key: &Digest) {
+        if let Ok(mut t) = self.touched.lock() {
+            if !t.contains(key) {
+                t.push(key.clone());
+            }
+        }
+    }
+
+    /// The keys this value hit ([`mark_used`](Self::mark_used)) or recorded
+    /// ([`put`](Self::put)), in order: the steps of the build that used it.
+    pub fn touched(&self) -> Vec<Digest> {
+        self.touched.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// Writes the last-used times of the records used since the last flush.
@@ -160,6 +178,7 @@ impl BuildCache {
 
     /// Records what a step produced.
     pub fn put(&self, key: &Digest, layer: Option<CachedLayer>, description: &str) -> Result<()> {
+        self.touch_key(key);
         let t = super::image::unix_now();
         self.update(|entries| {
             entries.insert(

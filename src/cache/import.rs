@@ -756,7 +756,7 @@ fn normalize_variant<'a>(arch: &str, variant: Option<&'a str>) -> Option<&'a str
     }
 }
 
-fn platform_matches(want: &Platform, have: Option<&image::Platform>) -> bool {
+pub(crate) fn platform_matches(want: &Platform, have: Option<&image::Platform>) -> bool {
     let Some(have) = have else {
         return true;
     };
@@ -774,7 +774,7 @@ fn platform_matches(want: &Platform, have: Option<&image::Platform>) -> bool {
     }
 }
 
-fn platform_string(os: &str, arch: &str, variant: Option<&str>) -> String {
+pub(crate) fn platform_string(os: &str, arch: &str, variant: Option<&str>) -> String {
     match variant {
         Some(v) => format!("{os}/{arch}/{v}"),
         None => format!("{os}/{arch}"),

@@ -21,7 +21,19 @@ use crate::graph::dispatch::{dispatch, DispatchOptions};
 use crate::graph::{BuildOptions, GraphError, Platform};
 use crate::lint::{render, Problem};
 use crate::parser::{self, SourceLines, Span};
+use crate::push::cache_export::{self, CacheLocation, CacheSpec};
+use crate::push::client::RegistrySettings;
+use crate::push::progress::Silent;
+use crate::push::push::PushOptions;
 use crate::reference::Reference;
+
+/// How a cache spec is named in messages.
+fn spec_name(spec: &CacheSpec) -> String {
+    match &spec.location {
+        CacheLocation::Registry(r) => r.to_string(),
+        CacheLocation::Local(d) => d.display().to_string(),
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct BuildArgs {
@@ -95,6 +107,22 @@ pub struct BuildArgs {
     #[arg(long, value_enum, value_name = "gzip|zstd|uncompressed")]
     pub compression: Option<CompressionArg>,
 
+    /// Push the image to its registry after the build (`--output type=registry`).
+    #[arg(long)]
+    pub push: bool,
+
+    /// Export build cache: `type=registry,ref=NAME[,mode=min|max]` or `type=local,dest=DIR`.
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+
+    /// Import build cache: `type=registry,ref=NAME`, `type=local,src=DIR`, or `NAME`.
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+
+    /// Allow plain HTTP (and unverified TLS) for this registry (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+
     /// Target platform (os/arch[/variant]).
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
@@ -129,16 +157,21 @@ enum Output {
     Docker(PathBuf),
     Tar(PathBuf),
     Local(PathBuf),
+    /// Push to `name`, or to every `-t` tag.
+    Registry(Option<String>),
 }
 
 fn parse_output(spec: &str) -> anyhow::Result<Output> {
     let mut kind = None;
     let mut dest = None;
+    let mut name = None;
+    let mut push = false;
     for part in spec.split(',') {
         match part.split_once('=') {
             Some(("type", v)) => kind = Some(v.to_string()),
             Some(("dest", v)) => dest = Some(PathBuf::from(v)),
-            Some((k, _)) if k == "name" || k == "push" => {}
+            Some(("name", v)) => name = Some(v.to_string()),
+            Some(("push", v)) => push = v == "true",
             None if kind.is_none() => dest = Some(PathBuf::from(part)),
             _ => bail!("invalid --output {spec:?}: expected type=TYPE[,dest=PATH]"),
         }
@@ -148,12 +181,16 @@ fn parse_output(spec: &str) -> anyhow::Result<Output> {
         d.ok_or_else(|| anyhow::anyhow!("--output type={kind} needs dest=PATH"))
     };
     Ok(match kind.as_str() {
+        "image" if push => Output::Registry(name),
         "image" => Output::Image,
+        "registry" => Output::Registry(name),
         "oci" => Output::Oci(need(dest.clone())?),
         "docker" => Output::Docker(need(dest.clone())?),
         "tar" => Output::Tar(need(dest.clone())?),
         "local" => Output::Local(need(dest.clone())?),
-        other => bail!("unsupported --output type {other:?} (image, oci, docker, tar, local)"),
+        other => {
+            bail!("unsupported --output type {other:?} (image, registry, oci, docker, tar, local)")
+        }
     })
 }
 
@@ -176,11 +213,14 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let outputs = if outputs.is_empty() {
+    let mut outputs = if outputs.is_empty() {
         vec![Output::Image]
     } else {
         outputs
     };
+    if args.push && !outputs.iter().any(|o| matches!(o, Output::Registry(_))) {
+        outputs.push(Output::Registry(None));
+    }
     let tags = args
         .tags
         .iter()
@@ -282,18 +322,31 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     };
 
     let engine = Engine::open(root)?;
-    let plan = dispatch(
-        &dockerfile,
-        &opts,
-        &super::engine::LocalImages(&engine.store),
-    )
-    .map_err(|e| match e {
+    let settings = RegistrySettings::load(&args.insecure_registry)?;
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| CacheSpec::parse(s, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| CacheSpec::parse(s, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let snapshots = engine.snapshotter()?;
+    let images = super::engine::PullingImages {
+        store: &engine.store,
+        settings: &settings,
+        platform: opts.build.target_platform.clone(),
+        snapshots: Some(snapshots.as_ref()),
+        quiet: args.quiet,
+    };
+    let plan = dispatch(&dockerfile, &opts, &images).map_err(|e| match e {
         GraphError::Expansion { span, message } if span.start_line > 0 => {
             located(&file_name, &src, span, message)
         }
         e => anyhow::anyhow!(e),
     })?;
-    let snapshots = engine.snapshotter()?;
     let mode = if args.quiet {
         ProgressMode::Quiet
     } else {
@@ -304,6 +357,23 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
     let lease =
         crate::cache::gc::Leases::acquire(&engine.root, "build").context("starting the build")?;
     let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
+    let cache_env = cache_export::CacheEnv {
+        settings: &settings,
+        progress: &Silent,
+        snapshots: Some(snapshots.as_ref()),
+    };
+    for spec in &cache_from {
+        let got = cache_export::import_cache(&engine.store, &cache, spec, &cache_env)
+            .with_context(|| format!("importing build cache from {}", spec_name(spec)))?;
+        if !args.quiet {
+            eprintln!(
+                "imported build cache from {}: {} steps, {} layers",
+                spec_name(spec),
+                got.records,
+                got.layers
+            );
+        }
+    }
     let explain_path = BuildRecord::path(&engine.root, &dockerfile_path, args.target.as_deref());
     let no_cache = if args.no_cache {
         NoCache::All
@@ -380,6 +450,7 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
                 progress.note(step, &format!("exporting to {} done", dest.display()));
             }
             Output::Local(dest) | Output::Tar(dest) => {
+                builder.ensure_image_snapshots(&image.manifest_digest)?;
                 let chain = crate::cache::snapshot::chain_id(&image.config.rootfs.diff_ids);
                 let view = snapshots.view(chain.as_ref())?;
                 if let Output::Local(dir) = output {
@@ -394,7 +465,61 @@ pub fn run(args: &BuildArgs, root: &Path) -> anyhow::Result<Outcome> {
                 }
                 progress.note(step, &format!("exporting files to {} done", dest.display()));
             }
+            Output::Registry(name) => {
+                let targets = match name {
+                    Some(n) => vec![Reference::parse(n)
+                        .map(|r| r.with_default_tag())
+                        .map_err(|e| anyhow::anyhow!("invalid name {n:?}: {e}"))?],
+                    None if tags.is_empty() => {
+                        bail!(
+                            "pushing needs a name: use -t NAME or --output type=registry,name=NAME"
+                        )
+                    }
+                    None => tags.clone(),
+                };
+                let push_opts = PushOptions {
+                    settings: &settings,
+                    progress: &Silent,
+                    compression: args
+                        .compression
+                        .map(CompressionArg::layer)
+                        .unwrap_or(LayerCompression::Keep),
+                };
+                for t in &targets {
+                    engine.store.tag(t, &image.manifest_digest)?;
+                    let pushed = crate::push::push::push(
+                        &engine.store,
+                        &image.manifest_digest,
+                        t,
+                        &push_opts,
+                    )?;
+                    progress.note(
+                        step,
+                        &format!("pushing {t} with digest {} done", pushed.digest),
+                    );
+                }
+            }
         }
+    }
+    for spec in &cache_to {
+        let sent = cache_export::export_cache(
+            &engine.store,
+            &cache,
+            &cache.touched(),
+            &image.config.rootfs.diff_ids,
+            spec,
+            &cache_env,
+        )
+        .with_context(|| format!("exporting build cache to {}", spec_name(spec)))?;
+        progress.note(
+            first_step + outputs.len(),
+            &format!(
+                "exporting cache to {} ({} steps, {} layers) done",
+                spec_name(spec),
+                sent.records,
+                sent.layers
+            ),
+        );
     }
     progress.finish();
     let _ = std::fs::remove_dir_all(&scratch);

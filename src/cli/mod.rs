@@ -12,6 +12,7 @@ mod format;
 mod images;
 mod network;
 mod progress;
+mod registry;
 mod system;
 
 use std::path::PathBuf;
@@ -75,6 +76,14 @@ pub enum Command {
     Save(archive::SaveArgs),
     /// Load an image from a tar archive or STDIN.
     Load(archive::LoadArgs),
+    /// Download an image from a registry.
+    Pull(registry::PullArgs),
+    /// Upload an image to a registry.
+    Push(registry::PushArgs),
+    /// Log in to a registry.
+    Login(registry::LoginArgs),
+    /// Log out from a registry.
+    Logout(registry::LogoutArgs),
     /// Manage builds.
     Builder {
         #[command(subcommand)]
@@ -169,6 +178,10 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Rmi(args) => images::rmi(args, &engine()?),
         Command::Save(args) => archive::save(args, &engine()?),
         Command::Load(args) => archive::load(args, &engine()?),
+        Command::Pull(args) => registry::pull(args, &engine()?),
+        Command::Push(args) => registry::push(args, &engine()?),
+        Command::Login(args) => registry::login(args),
+        Command::Logout(args) => registry::logout(args),
         Command::Image { command } => match command {
             ImageCommand::Common(c) => match c {
                 images::ImageCommand::Ls(args) => images::images(args, &engine()?),

@@ -293,6 +293,12 @@ impl Builder<'_> {
         }
     }
 
+    /// Makes sure every layer of a stored image is an unpacked snapshot (layers that came
+    /// from an imported cache may exist only as blobs).
+    pub fn ensure_image_snapshots(&self, manifest: &Digest) -> Result<(), ExecError> {
+        self.image_result(manifest).map(|_| ())
+    }
+
     /// The layers of a stored image, with its snapshots unpacked.
     fn image_result(&self, manifest: &Digest) -> Result<StageResult, ExecError> {
         let img = self
@@ -473,6 +479,10 @@ impl Builder<'_> {
                             self.progress.log(step_id, &format!("cache miss: {why}"));
                         }
                     }
+                    // Earlier steps may have been cache hits whose layers came from another
+                    // machine (--cache-from): unpack them before building on top.
+                    self.ensure_snapshots(&state.layers)
+                        .map_err(|e| e.at(op.span, shown))?;
                     let layer = self
                         .run_op(&StepCtx { step_id, ..*step }, op, &state.layers)
                         .map_err(|e| e.at(op.span, shown))?;
@@ -725,6 +735,7 @@ impl Builder<'_> {
                 let src = results
                     .get(i)
                     .ok_or_else(|| ExecError::Store(format!("stage {i} was not built")))?;
+                self.ensure_snapshots(&src.layers)?;
                 let view = self.view(src.chain().as_ref())?;
                 let tree = RootfsTree {
                     root: view.path(),
@@ -750,6 +761,7 @@ impl Builder<'_> {
             let r = results.get(&s.index).ok_or_else(|| {
                 ExecError::Store(format!("stage {name} was not built before it was mounted"))
             })?;
+            self.ensure_snapshots(&r.layers)?;
             return self.view(r.chain().as_ref());
         }
         let img = self

@@ -1,7 +1,23 @@
-//! Talking to OCI registries (the Distribution API): pull, push and login. So far: the pieces
-//! that need no network — docker-compatible credential lookup ([`credentials`]: config.json
-//! `auths`, `credsStore`, `credHelpers`) and `WWW-Authenticate` challenge parsing with the
-//! token-request URL ([`challenge`]). The client itself comes with the registry issue.
+//! Talking to OCI registries (the Distribution API): pull, push, login and build cache
+//! through a registry.
+//!
+//! - [`client`]: one registry connection (scheme, credentials, oci-client, retries, errors).
+//! - [`pull`] / [`push`]: images between the store and a registry.
+//! - [`cache_export`]: build cache records plus their layers, to and from a registry or a
+//!   local directory.
+//! - [`credentials`]: docker-compatible credentials (config.json `auths`, `credsStore`,
+//!   `credHelpers`); [`challenge`]: `WWW-Authenticate` parsing and token requests.
+//! - [`sources`]: which repositories hold a blob (for cross-repository mounts);
+//!   [`progress`]: per-blob progress events.
 
+pub mod cache_export;
 pub mod challenge;
+pub mod client;
 pub mod credentials;
+pub mod progress;
+pub mod pull;
+#[allow(clippy::module_inception)]
+pub mod push;
+pub mod sources;
+
+pub use client::{Registry, RegistryError, RegistrySettings};

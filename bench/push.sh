@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Push/pull benchmark from the registry issue: an image with 280 MiB of incompressible
+# layers (4 x 70 MiB of random bytes on a busybox base) pushed to and pulled from a local
+# Distribution registry (Debian's docker-registry, started here on a free 127.0.0.1 port).
+# Prints kiln's push (gzip, the default; and zstd) and pull times, the time to write the same
+# bytes to disk (cp + sync of the layer blobs: what "pull within 1.5x" compares to), and,
+# when buildah is installed, buildah's push of the same image.
+# Usage: bench/push.sh            (needs root, docker-registry, busybox-static)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q
+kiln="$PWD/target/release/kiln"
+work=$(mktemp -d /var/tmp/kiln-push-bench.XXXXXX)
+reg_pid=""
+cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+secs() { echo "$2 - $1" | bc -l | xargs printf '%.2f'; }
+
+# A registry of our own (one may already listen on 5000: leave it alone).
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:$port
+EOF
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+reg_pid=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+reg="127.0.0.1:$port"
+
+# The image: busybox + 4 layers of 70 MiB random bytes.
+mkdir -p "$work/ctx/rootfs/bin"
+cp /bin/busybox "$work/ctx/rootfs/bin/busybox"
+for i in 1 2 3 4; do head -c $((70 * 1024 * 1024)) /dev/urandom > "$work/ctx/data$i"; done
+{
+  printf 'FROM scratch\nCOPY rootfs/ /\n'
+  for i in 1 2 3 4; do printf 'COPY data%s /data%s\n' "$i" "$i"; done
+} > "$work/ctx/Dockerfile"
+export KILN_ROOT="$work/root"
+"$kiln" build -q -t "$reg/bench/app:gzip" "$work/ctx" >/dev/null
+"$kiln" tag "$reg/bench/app:gzip" "$reg/bench/zstd:1"
+
+t0=$(now); "$kiln" push -q "$reg/bench/app:gzip" >/dev/null; t1=$(now)
+push_gzip=$(secs "$t0" "$t1")
+t0=$(now); "$kiln" push -q --compression zstd "$reg/bench/zstd:1" >/dev/null; t1=$(now)
+push_zstd=$(secs "$t0" "$t1")
+
+# Pull into an empty root: download, verify, store, unpack.
+sync
+t0=$(now); KILN_ROOT="$work/root2" "$kiln" pull -q "$reg/bench/app:gzip" >/dev/null; sync; t1=$(now)
+pull=$(secs "$t0" "$t1")
+
+# The same bytes written to disk (the pulled blobs, copied and synced).
+mkdir -p "$work/copy"
+sync
+t0=$(now); cp "$work"/root2/blobs/sha256/* "$work/copy/"; sync; t1=$(now)
+write=$(secs "$t0" "$t1")
+
+echo "push 280 MiB (gzip):   ${push_gzip}s   (target < 3 s; measured docker push 14.3 s, buildah push 5.4 s)"
+echo "push 280 MiB (zstd):   ${push_zstd}s"
+echo "pull 280 MiB:          ${pull}s   (incl. unpack into snapshots)"
+echo "write the bytes:       ${write}s   (pull / write = $(echo "$pull / $write" | bc -l | xargs printf '%.2f'), target <= 1.5)"
+
+if command -v buildah >/dev/null; then
+  "$kiln" save -o "$work/app.tar" "$reg/bench/app:gzip"
+  buildah pull -q "docker-archive:$work/app.tar" >/dev/null 2>&1 || true
+  img=$(buildah images -q --filter "reference=$reg/bench/app:gzip" 2>/dev/null | head -1)
+  if [ -n "$img" ]; then
+    t0=$(now); buildah push -q --tls-verify=false "$img" "docker://$reg/bench/buildah:1" >/dev/null; t1=$(now)
+    echo "buildah push:          $(secs "$t0" "$t1")s"
+    buildah rmi -f "$img" >/dev/null 2>&1 || true
+  fi
+fi
