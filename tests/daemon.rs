@@ -622,3 +622,35 @@ fn docker_network_create_ls_inspect_rm() {
     let (_, e) = d.docker_expect(&["network", "inspect", &name], false);
     assert!(e.contains("not found"), "{e}");
 }
+
+#[test]
+fn docker_push_and_pull_with_the_test_registry() {
+    let reg = crate::registry::TestRegistry::start(None);
+    let d = Daemon::start();
+    let ctx = multi_stage(&d);
+    let name = format!("{}/team/app:1", reg.addr);
+    d.docker(&["build", "-q", "-t", &name, ctx.to_str().expect("utf8")]);
+    let id = d.docker(&["image", "inspect", "-f", "{{.Id}}", &name]);
+    let pushed = d.docker(&["push", &name]);
+    assert!(
+        pushed.contains(&format!(
+            "The push refers to repository [{}/team/app]",
+            reg.addr
+        )),
+        "{pushed}"
+    );
+    assert!(pushed.contains("Pushed"), "{pushed}");
+    assert!(pushed.contains("1: digest: sha256:"), "{pushed}");
+    // Remove it locally (and its layers), then pull it back.
+    d.docker(&["rmi", &name]);
+    d.docker(&["image", "prune", "-a", "-f"]);
+    let pulled = d.docker(&["pull", &name]);
+    assert!(pulled.contains("Pull complete"), "{pulled}");
+    assert!(pulled.contains("Digest: sha256:"), "{pulled}");
+    assert!(pulled.trim_end().ends_with(&name), "{pulled}");
+    assert_eq!(d.docker(&["image", "inspect", "-f", "{{.Id}}", &name]), id);
+    let (_, e) = d.docker_expect(&["pull", &format!("{}/team/nope:1", reg.addr)], false);
+    assert!(e.contains("manifest unknown"), "{e}");
+    let (_, e) = d.docker_expect(&["push", &format!("{}/team/absent:1", reg.addr)], false);
+    assert!(e.contains("does not exist locally"), "{e}");
+}

@@ -162,6 +162,11 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
         Command::Builder { .. } => not_yet("builder"),
         Command::System { .. } => not_yet("system"),
         Command::Network { .. } => not_yet("network"),
+        Command::Pull(args) => pull(&api, args),
+        Command::Push(args) => push(&api, args),
+        // Credentials belong to the client's user: login/logout stay local.
+        Command::Login(args) => super::registry::login(args),
+        Command::Logout(args) => super::registry::logout(args),
         Command::Daemon(_) => bail!("kiln daemon does not run through another daemon"),
     }
 }
@@ -521,6 +526,84 @@ fn build(api: &ApiClient, args: &BuildArgs) -> anyhow::Result<Outcome> {
     }
     if args.quiet {
         writeln!(std::io::stdout().lock(), "{id}")?;
+    }
+    Ok(Outcome::Success)
+}
+
+/// Prints a docker JSON progress stream (pull/push) as plain lines; fails on its error.
+fn progress_stream(resp: reqwest::blocking::Response, quiet: bool) -> anyhow::Result<Value> {
+    let mut out = std::io::stdout().lock();
+    let mut aux = Value::Null;
+    for line in BufReader::new(resp).lines() {
+        let v: Value = serde_json::from_str(&line?).unwrap_or(Value::Null);
+        if let Some(e) = v["error"].as_str() {
+            bail!("{e}");
+        }
+        if !v["aux"].is_null() {
+            aux = v["aux"].clone();
+        }
+        if quiet || !v["progressDetail"]["current"].is_null() {
+            continue;
+        }
+        match (v["id"].as_str(), v["status"].as_str()) {
+            (Some(id), Some(s)) => writeln!(out, "{id}: {s}")?,
+            (None, Some(s)) => writeln!(out, "{s}")?,
+            _ => {}
+        }
+    }
+    Ok(aux)
+}
+
+fn pull(api: &ApiClient, args: &super::registry::PullArgs) -> anyhow::Result<Outcome> {
+    if !args.insecure_registry.is_empty() {
+        bail!("--insecure-registry is the daemon's setting (its config file) in client mode");
+    }
+    let r = crate::push::client::parse_reference(&args.image)?;
+    let mut q = format!("fromImage={}", enc(&format!("{}/{}", r.domain, r.path)));
+    match (&r.digest, &r.tag) {
+        (Some(d), _) => q.push_str(&format!("&tag={}", enc(d))),
+        (None, Some(t)) => q.push_str(&format!("&tag={}", enc(t))),
+        _ => {}
+    }
+    if let Some(p) = &args.platform {
+        q.push_str(&format!("&platform={}", enc(p)));
+    }
+    let resp = api.send(api.http.post(api.url(&format!("/images/create?{q}"))))?;
+    progress_stream(resp, args.quiet)?;
+    writeln!(std::io::stdout().lock(), "{r}")?;
+    Ok(Outcome::Success)
+}
+
+fn push(api: &ApiClient, args: &super::registry::PushArgs) -> anyhow::Result<Outcome> {
+    if !args.insecure_registry.is_empty() || args.compression.is_some() {
+        bail!("--insecure-registry and --compression do not work through a daemon yet");
+    }
+    let source = args
+        .destination
+        .as_ref()
+        .map_or(args.image.as_str(), |_| "");
+    if source.is_empty() {
+        bail!("push SOURCE DESTINATION does not work through a daemon yet: tag it first");
+    }
+    let r = crate::push::client::parse_reference(&args.image)?;
+    let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+    let resp = api.send(
+        api.http
+            .post(api.url(&format!(
+                "/images/{}/{}/push?tag={}",
+                r.domain,
+                r.path,
+                enc(&tag)
+            )))
+            .header("X-Registry-Auth", "e30="),
+    )?;
+    progress_stream(resp, args.quiet)?;
+    if args.quiet {
+        writeln!(
+            std::io::stdout().lock(),
+            "{}",
+            crate::push::pull::familiar(&r)
+        )?;
     }
     Ok(Outcome::Success)
 }

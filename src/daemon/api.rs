@@ -11,7 +11,9 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{ApiError, ApiResult, Body, Query};
-use super::{build, events, images, networks, system, State, API_VERSION, MIN_API_VERSION};
+use super::{
+    build, events, images, networks, registry, system, State, API_VERSION, MIN_API_VERSION,
+};
 
 /// `1.43` → (1, 43).
 fn parse_version(v: &str) -> Option<(u32, u32)> {
@@ -117,6 +119,7 @@ async fn dispatch(
         (Method::POST, "/images/prune") => images::prune(&state, &query).await,
         (Method::GET, "/images/get") => images::save(&state, query.all("names")).await,
         (Method::POST, "/images/load") => images::load(&state, &query, req).await,
+        (Method::POST, "/images/create") => registry::pull(&state, &query, req).await,
         (Method::POST, "/build") => build::build(&state, &query, req).await,
         (Method::GET, "/networks") => networks::list(&state, &query).await,
         (Method::POST, "/networks/create") => networks::create(&state, req).await,
@@ -138,6 +141,11 @@ async fn dispatch(
         (Method::GET, r) if image_action(r, &["get"]).is_some() => {
             let (name, _) = image_action(r, &["get"]).unwrap_or_default();
             images::save(&state, vec![name]).await
+        }
+        (Method::POST, r) if image_action(r, &["push"]).is_some() => {
+            let (name, _) = image_action(r, &["push"]).unwrap_or_default();
+            let name = name.to_string();
+            registry::push(&state, &name, &query, req).await
         }
         (Method::POST, r) if image_action(r, &["tag"]).is_some() => {
             let (name, _) = image_action(r, &["tag"]).unwrap_or_default();

@@ -14,6 +14,7 @@ pub mod http;
 mod images;
 pub mod listen;
 mod networks;
+mod registry;
 mod system;
 
 use std::path::PathBuf;
