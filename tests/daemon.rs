@@ -649,6 +649,21 @@ fn docker_push_and_pull_with_the_test_registry() {
     assert!(pulled.contains("Digest: sha256:"), "{pulled}");
     assert!(pulled.trim_end().ends_with(&name), "{pulled}");
     assert_eq!(d.docker(&["image", "inspect", "-f", "{{.Id}}", &name]), id);
+    // A build FROM an image only the registry has pulls it, as docker's builder does.
+    d.docker(&["rmi", &name]);
+    d.docker(&["image", "prune", "-a", "-f"]);
+    let from_reg =
+        d.k.context("from-reg", &format!("FROM {name}\nLABEL pulled=yes\n"), &[]);
+    let built = d.docker(&["build", "-t", "fromreg", from_reg.to_str().expect("utf8")]);
+    assert!(
+        built.contains("Successfully tagged fromreg:latest"),
+        "{built}"
+    );
+    let labels = d.docker(&["image", "inspect", "-f", "{{.Config.Labels}}", "fromreg"]);
+    assert!(
+        labels.contains("a:b") && labels.contains("pulled:yes"),
+        "{labels}"
+    );
     let (_, e) = d.docker_expect(&["pull", &format!("{}/team/nope:1", reg.addr)], false);
     assert!(e.contains("manifest unknown"), "{e}");
     let (_, e) = d.docker_expect(&["push", &format!("{}/team/absent:1", reg.addr)], false);

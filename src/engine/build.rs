@@ -131,16 +131,25 @@ pub fn build(engine: &Engine, req: BuildRequest, progress: &dyn BuildProgress) -
         now: crate::cache::image::unix_now(),
         source_date_epoch: None,
     };
-    let plan =
-        dispatch(&dockerfile, &opts, &super::LocalImages(&engine.store)).map_err(|e| match e {
-            GraphError::Expansion { span, message } if span.start_line > 0 => {
-                located(file_name, &src, span, message)
-            }
-            e => EngineError::Build(e.to_string()),
-        })?;
+    // Missing FROM images are pulled, as docker's builder does (the daemon's registry settings).
+    let settings = crate::push::client::RegistrySettings::load(&[])
+        .map_err(|e| EngineError::Build(format!("registry settings: {e}")))?;
+    let snapshots = engine.snapshotter()?;
+    let images = super::PullingImages {
+        store: &engine.store,
+        settings: &settings,
+        platform: opts.build.target_platform.clone(),
+        snapshots: Some(snapshots.as_ref()),
+        quiet: true,
+    };
+    let plan = dispatch(&dockerfile, &opts, &images).map_err(|e| match e {
+        GraphError::Expansion { span, message } if span.start_line > 0 => {
+            located(file_name, &src, span, message)
+        }
+        e => EngineError::Build(e.to_string()),
+    })?;
     progress.planned(&planned_stages(&plan, &src));
 
-    let snapshots = engine.snapshotter()?;
     static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let scratch = engine.scratch(&format!("build-{n}"));

@@ -15,6 +15,10 @@ use std::sync::Arc;
 use crate::cache::snapshot::{self, Snapshotter};
 use crate::cache::store::{ImageStore, StoreError};
 use crate::graph::dispatch::{ImageSource, ResolvedImage};
+use crate::graph::Platform;
+use crate::push::client::RegistrySettings;
+use crate::push::progress::Silent;
+use crate::push::pull::{pull_if_missing, PullOptions};
 use crate::reference::Reference;
 
 /// Errors of engine operations, classified the way the API reports them.
@@ -123,5 +127,46 @@ impl ImageSource for LocalImages<'_> {
             )),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+/// Looks up FROM / `--from` images in the store and pulls the missing ones from their
+/// registry (unpacked into `snapshots`, so the build does not unpack them again).
+pub struct PullingImages<'a> {
+    pub store: &'a ImageStore,
+    pub settings: &'a RegistrySettings,
+    pub platform: Platform,
+    pub snapshots: Option<&'a dyn Snapshotter>,
+    /// Say nothing about pulls.
+    pub quiet: bool,
+}
+
+impl ImageSource for PullingImages<'_> {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
+        let normalized = Reference::parse(reference)
+            .map(|r| r.with_default_tag().to_string())
+            .map_err(|e| format!("{reference}: {e}"))?;
+        match self.store.lookup(reference) {
+            Ok(_) => return LocalImages(self.store).resolve(reference),
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if !self.quiet {
+            eprintln!("pulling {normalized}");
+        }
+        let opts = PullOptions {
+            platform: self.platform.clone(),
+            settings: self.settings,
+            progress: &Silent,
+            snapshots: self.snapshots,
+        };
+        let img = pull_if_missing(self.store, reference, &opts).map_err(|e| {
+            format!("image {normalized:?} is not in the local store, and pulling it failed: {e}")
+        })?;
+        Ok(ResolvedImage {
+            reference: normalized,
+            manifest_digest: img.manifest_digest.clone(),
+            config: img.config,
+        })
     }
 }
