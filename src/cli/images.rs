@@ -288,10 +288,11 @@ pub fn tag(args: &TagArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 }
 
 pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
+    let in_use = images_in_use(engine)?;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for name in &args.images {
-        match crate::engine::images::remove(&engine.store, name, args.force) {
+        match crate::engine::images::remove(&engine.store, name, args.force, &in_use) {
             Ok(removed) => {
                 for r in removed {
                     match r {
@@ -316,6 +317,11 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Images containers use (none until containers exist in this build).
+pub fn images_in_use(_engine: &Engine) -> anyhow::Result<crate::engine::images::InUse> {
+    Ok(Default::default())
+}
+
 /// Removes blobs and snapshots no image needs any more. Returns bytes reclaimed.
 pub fn collect_garbage(engine: &Engine, dry_run: bool) -> anyhow::Result<u64> {
     crate::engine::images::collect_garbage(&engine.store, dry_run).context("garbage collection")
@@ -337,7 +343,8 @@ pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             return Ok(Outcome::Success);
         }
     }
-    let (removed, reclaimed) = crate::engine::images::prune(&engine.store, args.all, |_| false)?;
+    let (removed, reclaimed) =
+        crate::engine::images::prune(&engine.store, args.all, &images_in_use(engine)?, |_| false)?;
     let lines: Vec<String> = removed
         .into_iter()
         .map(|r| match r {

@@ -21,6 +21,11 @@ use crate::engine::EngineError;
 use crate::graph::Platform;
 use crate::reference::Reference;
 
+/// Images containers use (none until containers exist in this build).
+fn in_use(_state: &State) -> crate::engine::images::InUse {
+    Default::default()
+}
+
 /// Docker's ImageSummary for one image.
 pub fn summary(l: &Listed) -> Value {
     let size = l.image.layers_size();
@@ -223,7 +228,7 @@ pub async fn remove(state: &Arc<State>, name: &str, query: &Query) -> ApiResult 
             .lookup(&name)
             .map(|i| i.id().to_string())
             .map_err(EngineError::from)?;
-        let removed = crate::engine::images::remove(store, &name, force)?;
+        let removed = crate::engine::images::remove(store, &name, force, &in_use(&st))?;
         publish_removals(&st, &removed, &id);
         if !noprune {
             crate::engine::images::collect_garbage(store, false)?;
@@ -257,7 +262,8 @@ pub async fn prune(state: &Arc<State>, query: &Query) -> ApiResult {
                     }))
                 || until.is_some_and(|u| created_secs(&l.image).unwrap_or(0) >= u)
         };
-        let (removed, reclaimed) = crate::engine::images::prune(&st.engine.store, all, keep)?;
+        let (removed, reclaimed) =
+            crate::engine::images::prune(&st.engine.store, all, &in_use(&st), keep)?;
         publish_removals(&st, &removed, "");
         Ok((removed, reclaimed))
     })

@@ -133,11 +133,23 @@ pub enum Removal {
     Deleted(Digest),
 }
 
+/// Image ID → a container that uses it (docker refuses to remove those without force and
+/// never deletes them).
+pub type InUse = std::collections::BTreeMap<Digest, String>;
+
 /// Removes `name` like `docker rmi`: a tag name removes that tag; an ID removes all its tags
-/// (only with `force` when there are several); the image is deleted when no tag is left.
-/// Blobs stay until [`collect_garbage`].
-pub fn remove(store: &ImageStore, name: &str, force: bool) -> Result<Vec<Removal>> {
+/// (only with `force` when there are several); the image is deleted when no tag is left and
+/// no container uses it. Blobs stay until [`collect_garbage`].
+pub fn remove(store: &ImageStore, name: &str, force: bool, in_use: &InUse) -> Result<Vec<Removal>> {
     let img = store.lookup(name)?;
+    let user = in_use.get(img.id());
+    if let (Some(c), false) = (user, force) {
+        return Err(EngineError::Conflict(format!(
+            "conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
+            c.chars().take(12).collect::<String>(),
+            img.id().short()
+        )));
+    }
     let tags = store.tags_of(&img.manifest_digest)?;
     let by_tag = Reference::parse(name)
         .ok()
@@ -158,7 +170,7 @@ pub fn remove(store: &ImageStore, name: &str, force: bool) -> Result<Vec<Removal
         store.untag(t)?;
         done.push(Removal::Untagged(familiar_tag(t)));
     }
-    if store.tags_of(&img.manifest_digest)?.is_empty() {
+    if store.tags_of(&img.manifest_digest)?.is_empty() && user.is_none() {
         // Every manifest of this image ID goes (they share the config).
         for (m, id) in store.images()? {
             if &id == img.id() && store.tags_of(&m)?.is_empty() {
@@ -170,17 +182,22 @@ pub fn remove(store: &ImageStore, name: &str, force: bool) -> Result<Vec<Removal
     Ok(done)
 }
 
-/// Removes dangling images (all unused ones with `all`), then collects garbage. Returns what
+/// Removes dangling images (all unused ones with `all`; never those containers use), then
+/// collects garbage. Returns what
 /// was removed (docker's `untagged:` / `deleted:` list) and the bytes reclaimed.
 /// `keep` says whether an image (by its listing) must stay (filters such as `label=`).
 pub fn prune(
     store: &ImageStore,
     all: bool,
+    in_use: &InUse,
     keep: impl Fn(&Listed) -> bool,
 ) -> Result<(Vec<Removal>, u64)> {
     let mut removed = Vec::new();
     for listed in list(store)? {
-        if (!listed.tags.is_empty() && !all) || keep(&listed) {
+        if (!listed.tags.is_empty() && !all)
+            || in_use.contains_key(listed.image.id())
+            || keep(&listed)
+        {
             continue;
         }
         for t in &listed.tags {
@@ -293,4 +310,61 @@ pub fn history(img: &StoredImage) -> Vec<HistoryEntry> {
         .collect();
     rows.reverse();
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::image::ImageConfig;
+
+    fn store_with_image() -> (tempfile::TempDir, ImageStore, StoredImage) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("store");
+        let config = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            ..Default::default()
+        };
+        let img = store.commit_image(&config, Vec::new()).expect("commit");
+        (dir, store, img)
+    }
+
+    #[test]
+    fn remove_follows_docker_rmi() {
+        let (_dir, store, img) = store_with_image();
+        tag(&store, img.id().as_str(), "a").expect("tag a");
+        tag(&store, "a", "b:1").expect("tag b");
+        let none = InUse::new();
+        // By ID with two names: a conflict.
+        let e = remove(&store, img.id().short(), false, &none).unwrap_err();
+        assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+        // By name: only that tag goes.
+        assert_eq!(
+            remove(&store, "b:1", false, &none).expect("rmi b:1"),
+            vec![Removal::Untagged("b:1".into())]
+        );
+        // In use by a container: refused without force, never deleted.
+        let used: InUse = [(img.id().clone(), "c0ffee".repeat(8))].into();
+        let e = remove(&store, "a", false, &used).unwrap_err();
+        assert!(
+            e.to_string().contains("container c0ffeec0ffee is using"),
+            "{e}"
+        );
+        assert_eq!(
+            remove(&store, "a", true, &used).expect("forced"),
+            vec![Removal::Untagged("a:latest".into())]
+        );
+        assert!(
+            store.lookup(img.id().as_str()).is_ok(),
+            "an image in use stays"
+        );
+        let (removed, _) = prune(&store, true, &used, |_| false).expect("prune");
+        assert!(removed.is_empty(), "{removed:?}");
+        let (removed, _) = prune(&store, true, &none, |_| false).expect("prune");
+        assert_eq!(removed, vec![Removal::Deleted(img.id().clone())]);
+        assert!(matches!(
+            remove(&store, "a", false, &none),
+            Err(EngineError::NotFound(_))
+        ));
+    }
 }
