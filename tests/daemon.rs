@@ -314,6 +314,12 @@ fn docker_save_load_and_prune() {
     assert!(prune.contains("untagged: keep:1"), "{prune}");
     let left = d.docker(&["images", "-q"]);
     assert!(left.trim().is_empty(), "{left}");
+    // The build cache goes with `docker builder prune` (here: what the builds left).
+    let pruned = d.docker(&["builder", "prune", "-a", "-f"]);
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert!(pruned.contains("Deleted build cache objects"), "{pruned}");
+    let again = d.docker(&["builder", "prune", "-a", "-f"]);
+    assert!(!again.contains("Deleted build cache objects"), "{again}");
 }
 
 #[test]
@@ -668,4 +674,47 @@ fn docker_push_and_pull_with_the_test_registry() {
     assert!(e.contains("manifest unknown"), "{e}");
     let (_, e) = d.docker_expect(&["push", &format!("{}/team/absent:1", reg.addr)], false);
     assert!(e.contains("does not exist locally"), "{e}");
+}
+
+#[test]
+fn unix_socket_is_not_stolen_and_stale_ones_are_replaced() {
+    let d = Daemon::start();
+    // A second daemon on the same live socket is refused and leaves it alone.
+    let mut cmd = kiln(d.k.root.path());
+    cmd.args(["daemon", "-H", &format!("unix://{}", d.sock.display())]);
+    let out = run(cmd, None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another daemon is listening"),
+        "{}",
+        stderr(&out)
+    );
+    d.docker(&["version"]);
+    // A regular file where the socket should be is never replaced.
+    let file = d.k.work.path().join("not-a-socket");
+    std::fs::write(&file, "data").expect("file");
+    let mut cmd = kiln(d.k.root.path());
+    cmd.args(["daemon", "-H", &format!("unix://{}", file.display())]);
+    let out = run(cmd, None);
+    assert!(stderr(&out).contains("is not a socket"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), "data");
+    // A stale socket (nobody listening) is replaced.
+    let stale = d.k.work.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
+    let mut second = Daemon {
+        k: Kiln::new(),
+        child: None,
+        sock: stale.clone(),
+        cfg: tempfile::tempdir().expect("cfg"),
+    };
+    let mut cmd = kiln(second.k.root.path());
+    cmd.args(["daemon", "-H", &format!("unix://{}", stale.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    second.child = Some(cmd.spawn().expect("daemon"));
+    second.wait_ready();
+    let v = second.docker(&["version", "--format", "{{.Server.Version}}"]);
+    assert_eq!(v.trim(), env!("CARGO_PKG_VERSION"));
+    let (status, _) = second.stop();
+    assert!(status.success());
 }

@@ -121,6 +121,7 @@ async fn dispatch(
         (Method::POST, "/images/load") => images::load(&state, &query, req).await,
         (Method::POST, "/images/create") => registry::pull(&state, &query, req).await,
         (Method::POST, "/build") => build::build(&state, &query, req).await,
+        (Method::POST, "/build/prune") => build::prune(&state, &query).await,
         (Method::GET, "/networks") => networks::list(&state, &query).await,
         (Method::POST, "/networks/create") => networks::create(&state, req).await,
         (Method::POST, "/networks/prune") => networks::prune(&state, &query).await,

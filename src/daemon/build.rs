@@ -254,6 +254,34 @@ pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) ->
     Ok(resp)
 }
 
+/// `POST /build/prune` (`docker builder prune`): `all`, `keep-storage` (bytes).
+pub async fn prune(state: &Arc<State>, query: &Query) -> ApiResult {
+    query.filters()?.only(&[])?;
+    let all = query.flag("all");
+    let keep = match query
+        .get("keep-storage")
+        .filter(|v| !v.is_empty() && *v != "0")
+    {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("invalid keep-storage {v:?}: expected bytes"))
+        })?),
+        None => None,
+    };
+    let st = state.clone();
+    let (removed, reclaimed) = super::blocking(move || {
+        Ok(crate::engine::build::prune_cache(
+            &st.engine.store,
+            all,
+            keep,
+        )?)
+    })
+    .await?;
+    super::http::json(&json!({
+        "CachesDeleted": removed.iter().map(|d| d.hex().to_string()).collect::<Vec<_>>(),
+        "SpaceReclaimed": reclaimed,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -196,6 +196,85 @@ pub fn build(engine: &Engine, req: BuildRequest, progress: &dyn BuildProgress) -
     Ok(Built { image, tags })
 }
 
+/// Drops build cache entries (`kiln builder prune`, `POST /build/prune`): by default those
+/// whose layer no image uses; with `all` every entry (and the RUN cache mounts); with
+/// `keep_bytes` the least recently used beyond that size. Then collects garbage. Returns the
+/// removed entries' keys and the bytes reclaimed.
+pub fn prune_cache(
+    store: &crate::cache::store::ImageStore,
+    all: bool,
+    keep_bytes: Option<u64>,
+) -> Result<(Vec<crate::cache::Digest>, u64)> {
+    let root = store.root();
+    let cache_err =
+        |e: crate::cache::buildcache::BuildCacheError| EngineError::Build(e.to_string());
+    let cache = crate::cache::buildcache::BuildCache::open(root).map_err(cache_err)?;
+    // Layers images still use are not reclaimable, whatever the cache says.
+    let mut image_blobs = std::collections::BTreeSet::new();
+    for m in store.images()?.keys() {
+        if let Ok(img) = store.image(m) {
+            image_blobs.extend(img.manifest.layers.iter().map(|l| l.digest.clone()));
+        }
+    }
+    let removed = cache
+        .update(|entries| {
+            let mut by_use: Vec<_> = entries
+                .iter()
+                .map(|(k, r)| {
+                    (
+                        r.last_used,
+                        k.clone(),
+                        r.layer.as_ref().map(|l| l.blob.size).unwrap_or(0),
+                    )
+                })
+                .collect();
+            by_use.sort_by_key(|e| std::cmp::Reverse(e.0));
+            let mut kept_bytes = 0u64;
+            let mut remove = Vec::new();
+            for (_, key, size) in by_use {
+                let in_image = entries
+                    .get(&key)
+                    .and_then(|r| r.layer.as_ref())
+                    .is_some_and(|l| image_blobs.contains(&l.blob.digest));
+                let keep = match keep_bytes {
+                    Some(limit) => {
+                        kept_bytes += size;
+                        kept_bytes <= limit
+                    }
+                    None => !all && in_image,
+                };
+                if !keep {
+                    remove.push(key);
+                }
+            }
+            for k in &remove {
+                entries.remove(k);
+            }
+            remove
+        })
+        .map_err(cache_err)?;
+    let mut reclaimed = super::images::collect_garbage(store, false)?;
+    // RUN --mount=type=cache directories are build cache too; `all` drops them.
+    if all {
+        let mounts = root.join("cache").join("mounts");
+        if mounts.exists() {
+            reclaimed += walkdir::WalkDir::new(&mounts)
+                .into_iter()
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum::<u64>();
+            std::fs::remove_dir_all(&mounts).map_err(|source| EngineError::Io {
+                op: "remove",
+                path: mounts.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok((removed, reclaimed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
