@@ -4,7 +4,7 @@
 # Distribution registry (Debian's docker-registry, started here on a free 127.0.0.1 port).
 # Prints kiln's push (gzip, the default; and zstd) and pull times, the time to write the same
 # bytes to disk (cp + sync of the layer blobs: what "pull within 1.5x" compares to), and,
-# when buildah is installed, buildah's push of the same image.
+# when installed, `skopeo copy` to a directory and buildah's pull and push of the same image.
 # Usage: bench/push.sh            (needs root, docker-registry, busybox-static)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,7 +68,19 @@ echo "push 280 MiB (zstd):   ${push_zstd}s"
 echo "pull 280 MiB:          ${pull}s   (incl. unpack into snapshots)"
 echo "write the bytes:       ${write}s   (pull / write = $(echo "$pull / $write" | bc -l | xargs printf '%.2f'), target <= 1.5)"
 
+if command -v skopeo >/dev/null; then
+  # skopeo copy to a directory: download + verify + write, no unpack (a lower bound for pull).
+  sync
+  t0=$(now); skopeo --insecure-policy copy -q --src-tls-verify=false "docker://$reg/bench/app:gzip" "dir:$work/skopeo" >/dev/null; sync; t1=$(now)
+  echo "skopeo copy to a dir:  $(secs "$t0" "$t1")s   (pull without unpack)"
+fi
+
 if command -v buildah >/dev/null; then
+  sync
+  t0=$(now); buildah pull -q --tls-verify=false "docker://$reg/bench/app:gzip" >/dev/null; sync; t1=$(now)
+  echo "buildah pull:          $(secs "$t0" "$t1")s"
+  buildah rmi -f "$reg/bench/app:gzip" >/dev/null 2>&1 || true
+
   "$kiln" save -o "$work/app.tar" "$reg/bench/app:gzip"
   buildah pull -q "docker-archive:$work/app.tar" >/dev/null 2>&1 || true
   img=$(buildah images -q --filter "reference=$reg/bench/app:gzip" 2>/dev/null | head -1)

@@ -345,6 +345,77 @@ fn build_pulls_missing_base_images_and_pushes() {
     );
 }
 
+/// Layers kiln gzips on all cores (several 1 MiB blocks, compressible and incompressible)
+/// are valid gzip for Go's readers: skopeo copies them to an OCI layout and umoci unpacks
+/// it. Pushing twice compresses twice to the same bytes.
+#[test]
+fn parallel_gzip_layers_decode_in_skopeo_and_umoci() {
+    let reg = TestRegistry::start(None);
+    let dc = tempfile::tempdir().unwrap();
+    let a = Kiln::new();
+    let base = a.busybox();
+    let text: String = (0..300_000).map(|i| format!("line {i}\n")).collect();
+    let ctx = a.context(
+        "pargz",
+        &format!("FROM {base}\nCOPY text.txt noise.bin /data/\n"),
+        &[("text.txt", &text)],
+    );
+    let mut x = 0x2545F4914F6CDD1Du64;
+    let noise: Vec<u8> = (0..3_500_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(ctx.join("noise.bin"), &noise).unwrap();
+    let name = format!("{}/pargz/app:1", reg.addr);
+    a.build(&ctx, &["-t", &name]);
+    let first = pushed_digest(&ok(&a, dc.path(), &["push", &name]));
+    let again = pushed_digest(&ok(&a, dc.path(), &["push", &name]));
+    assert_eq!(
+        first, again,
+        "compressing the same layers twice gave other bytes"
+    );
+
+    let layout = a.work.path().join("layout");
+    let st = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{name}"),
+            &format!("oci:{}:app", layout.display()),
+        ])
+        .output()
+        .expect("skopeo");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let bundle = a.work.path().join("bundle");
+    let st = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:app", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("umoci");
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(std::fs::read(rootfs.join("data/noise.bin")).unwrap(), noise);
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("data/text.txt")).unwrap(),
+        text
+    );
+    assert!(rootfs.join("bin/busybox").exists());
+}
+
 #[test]
 fn skopeo_interop_both_ways() {
     let reg = TestRegistry::start(None);
@@ -698,6 +769,8 @@ enum Fault {
 struct FaultProxy {
     addr: String,
     blob_requests: Arc<AtomicUsize>,
+    /// The `Range` header of every blob GET ("" without one).
+    ranges: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 fn read_head(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
@@ -718,11 +791,14 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap().to_string();
         let count = Arc::new(AtomicUsize::new(0));
         let blob_requests = count.clone();
+        let ranges = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ranges.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut client) = conn else { continue };
                 let upstream = upstream.clone();
                 let count = count.clone();
+                let seen = seen.clone();
                 std::thread::spawn(move || {
                     let Some((head, _)) = read_head(&mut client) else {
                         return;
@@ -730,6 +806,11 @@ impl FaultProxy {
                     let first = head.lines().next().unwrap_or_default().to_string();
                     let is_blob_get = first.starts_with("GET ") && first.contains("/blobs/sha256:");
                     let n = if is_blob_get {
+                        let range = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Range: ").or(l.strip_prefix("range: ")))
+                            .unwrap_or_default();
+                        seen.lock().unwrap().push(range.to_string());
                         count.fetch_add(1, Ordering::SeqCst)
                     } else {
                         usize::MAX
@@ -763,7 +844,7 @@ impl FaultProxy {
                         .position(|w| w == b"\r\n\r\n")
                         .map(|p| p + 4)
                         .unwrap_or(resp.len());
-                    let ok = resp.starts_with(b"HTTP/1.1 200");
+                    let ok = resp.starts_with(b"HTTP/1.1 200") || resp.starts_with(b"HTTP/1.1 206");
                     match fault {
                         Fault::Drop(k) if is_blob_get && ok && n < k => {
                             let body_len = resp.len() - split;
@@ -784,6 +865,7 @@ impl FaultProxy {
         FaultProxy {
             addr,
             blob_requests,
+            ranges,
         }
     }
 }
@@ -809,6 +891,15 @@ fn pull_retries_dropped_connections_and_server_errors() {
         assert!(out.status.success(), "{}", stderr(&out));
         // Two layers and a config, two of the requests failed and were repeated.
         assert_eq!(proxy.blob_requests.load(Ordering::SeqCst), 5);
+        let ranges = proxy.ranges.lock().unwrap().clone();
+        if let Fault::Drop(_) = fault {
+            // The dropped downloads resumed where they stopped, not from byte 0.
+            let resumed = ranges
+                .iter()
+                .filter(|r| r.starts_with("bytes=") && !r.starts_with("bytes=0-"))
+                .count();
+            assert_eq!(resumed, 2, "{ranges:?}");
+        }
         assert!(ingest_files(b.root.path()).is_empty());
         b.inspect(&name);
     }

@@ -52,6 +52,7 @@ use super::digest::{Digest, DigestReader};
 use super::gc::{GcError, Lease, Leases};
 use super::image::{self, media, to_canonical_json, Descriptor, Index, Manifest};
 use super::layer::Compression;
+use super::pargz::ParGzEncoder;
 use super::store::{ImageStore, StoreError};
 use crate::reference::{Reference, ReferenceError};
 
@@ -163,11 +164,11 @@ pub(crate) fn decompressor<'a, R: Read + 'a>(
     })
 }
 
-/// Compresses into `W`: gzip at the default level with no name and mtime 0 in the header
-/// (reproducible bytes), or zstd level 3.
+/// Compresses into `W`: gzip at the default level with no name and mtime 0 in the header,
+/// on all cores ([`ParGzEncoder`]: reproducible bytes), or zstd level 3.
 pub(crate) enum LayerEncoder<W: Write> {
     Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParGzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -175,9 +176,7 @@ impl<W: Write> LayerEncoder<W> {
     pub(crate) fn new(compression: Compression, inner: W) -> io::Result<LayerEncoder<W>> {
         Ok(match compression {
             Compression::Uncompressed => LayerEncoder::Plain(inner),
-            Compression::Gzip => LayerEncoder::Gzip(
-                flate2::GzBuilder::new().write(inner, flate2::Compression::default()),
-            ),
+            Compression::Gzip => LayerEncoder::Gzip(ParGzEncoder::new(inner, 6)),
             Compression::Zstd => LayerEncoder::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
         })
     }
@@ -304,8 +303,6 @@ pub fn prepare_for_export(
     let lease = Leases::acquire(store.root(), &format!("export {manifest}"))?;
     // Recorded before reading: GC keeps the manifest and everything it references.
     lease.add(manifest)?;
-    // Layers built here may exist only as snapshots so far.
-    super::layer_blob::ensure_image(store, &lease, manifest)?;
     let image = store.image(manifest)?;
     let layers = &image.manifest.layers;
     let diff_ids = &image.config.rootfs.diff_ids;
@@ -336,6 +333,18 @@ pub fn prepare_for_export(
             media::OCI_MANIFEST.to_string()
         }
     });
+    // Layers built here may exist only as snapshots so far: the ones to convert are
+    // compressed straight from their snapshot (no uncompressed blob is written), the others
+    // get their blob regenerated.
+    let mut sources: Vec<Option<(Digest, std::path::PathBuf)>> = vec![None; layers.len()];
+    if diff_ids.len() == layers.len() {
+        for (i, layer) in layers.iter().enumerate() {
+            if plan[i].is_some() {
+                sources[i] = super::layer_blob::snapshot_source(store, &lease, layer, diff_ids, i)?;
+            }
+        }
+    }
+    super::layer_blob::ensure_image_except(store, &lease, manifest, &|i| sources[i].is_some())?;
     if plan.iter().all(Option::is_none) {
         tracing::debug!(%manifest, "no layer changes: shipping the stored manifest");
         return Ok(ExportedImage {
@@ -360,11 +369,14 @@ pub fn prepare_for_export(
         .par_iter()
         .zip(plan.par_iter())
         .enumerate()
-        .map(|(index, (layer, step))| match step {
-            Some((from, to)) => {
+        .map(|(index, (layer, step))| match (step, &sources[index]) {
+            (Some((_, to)), Some(source)) => {
+                compress_snapshot(store, &lease, index, layer, source, *to, &diff_ids[index])
+            }
+            (Some((from, to)), None) => {
                 convert_layer(store, &lease, index, layer, *from, *to, &diff_ids[index])
             }
-            None => {
+            (None, _) => {
                 let mut kept = layer.clone();
                 if let Some(c) = layer_compression(&layer.media_type) {
                     kept.media_type = c.media_type().to_string();
@@ -394,6 +406,51 @@ pub fn prepare_for_export(
         layers: new_manifest.layers,
         lease: Some(Arc::new(lease)),
     })
+}
+
+/// Writes the layer in snapshot directory `dir` compressed into the content store, checking
+/// that its tar still hashes to the diff ID (a snapshot changed behind kiln's back is an
+/// error, never a different image).
+fn compress_snapshot(
+    store: &ImageStore,
+    lease: &Lease,
+    index: usize,
+    layer: &Descriptor,
+    (chain, dir): &(Digest, std::path::PathBuf),
+    to: Compression,
+    diff_id: &Digest,
+) -> Result<Descriptor> {
+    use super::layer_blob::LayerBlobError;
+    let conversion = |source| ExportError::LayerConversion {
+        layer: layer.digest.clone(),
+        index,
+        source,
+    };
+    let writer: BlobWriter = store.content.writer()?;
+    let mut encoder = LayerEncoder::new(to, writer).map_err(conversion)?;
+    let info = super::layer::write_layer(
+        dir,
+        Compression::Uncompressed,
+        &super::layer::LayerOptions::default(),
+        &mut encoder,
+    )
+    .map_err(|source| LayerBlobError::Layer {
+        diff_id: diff_id.clone(),
+        source,
+    })?;
+    if &info.diff_id != diff_id {
+        return Err(LayerBlobError::Changed {
+            chain: chain.clone(),
+            dir: dir.clone(),
+            expected: diff_id.clone(),
+            actual: info.diff_id,
+        }
+        .into());
+    }
+    let writer = encoder.finish().map_err(conversion)?;
+    let (digest, size) = lease.commit(writer, None, None)?;
+    tracing::debug!(layer = %layer.digest, to = %digest, ?to, "compressed layer from its snapshot");
+    Ok(descriptor(to.media_type(), digest, size))
 }
 
 /// Recompresses one layer into the content store, checking its diff ID on the way.

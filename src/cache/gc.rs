@@ -71,7 +71,7 @@ use serde::{Deserialize, Serialize};
 
 use super::content::{gc_lock_path, BlobWriter, ContentError, ContentStore, GcGuard};
 use super::digest::Digest;
-use super::lock::{sync_dir, write_atomic, FileLock, LockError};
+use super::lock::{sync_dir, write_replace, FileLock, LockError};
 use super::refs::{RefError, RefStore};
 
 /// JSON blobs larger than this are not parsed for children (OCI registries cap manifests at
@@ -231,7 +231,8 @@ impl Lease {
         info.digests.iter().cloned().collect()
     }
 
-    /// Records `d` (durably, before returning). The blob need not exist yet.
+    /// Records `d` (visible to GC in any process before returning; not fsynced: after a crash
+    /// the lease is stale anyway). The blob need not exist yet.
     pub fn add(&self, d: &Digest) -> Result<()> {
         self.add_all([d])
     }
@@ -297,7 +298,7 @@ impl Lease {
             source,
         })?;
         bytes.push(b'\n');
-        write_atomic(&self.path, &bytes).map_err(io_err("write lease file", &self.path))
+        write_replace(&self.path, &bytes).map_err(io_err("write lease file", &self.path))
     }
 }
 

@@ -279,7 +279,7 @@ pub fn write_layer(
 /// The compressing stage of [`write_layer`].
 enum Compressor<W: Write> {
     Plain(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(super::pargz::ParGzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
 }
 
@@ -287,13 +287,9 @@ impl<W: Write> Compressor<W> {
     fn new(compression: Compression, inner: W) -> io::Result<Self> {
         Ok(match compression {
             Compression::Uncompressed => Compressor::Plain(inner),
-            // A plain gzip stream as docker writes it: no file name, mtime 0, OS "unknown".
-            Compression::Gzip => Compressor::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(inner, flate2::Compression::default()),
-            ),
+            // One gzip member with no file name, mtime 0, OS "unknown", compressed on all
+            // cores (pigz-style blocks).
+            Compression::Gzip => Compressor::Gzip(super::pargz::ParGzEncoder::new(inner, 6)),
             Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(inner, 3)?),
         })
     }

@@ -107,6 +107,17 @@ pub fn ensure_layer(
 /// Makes every layer blob of image `manifest` present (regenerating, in parallel, the ones
 /// that exist only as snapshots). A no-op for images whose blobs are all stored.
 pub fn ensure_image(store: &ImageStore, lease: &Lease, manifest: &Digest) -> Result<()> {
+    ensure_image_except(store, lease, manifest, &|_| false)
+}
+
+/// [`ensure_image`] for the layers `skip` does not name (by index): the caller produces
+/// those another way (e.g. compresses them straight from their snapshot).
+pub fn ensure_image_except(
+    store: &ImageStore,
+    lease: &Lease,
+    manifest: &Digest,
+    skip: &dyn Fn(usize) -> bool,
+) -> Result<()> {
     let image = store.image(manifest)?;
     let diff_ids = &image.config.rootfs.diff_ids;
     if diff_ids.len() != image.manifest.layers.len() {
@@ -114,7 +125,7 @@ pub fn ensure_image(store: &ImageStore, lease: &Lease, manifest: &Digest) -> Res
     }
     let mut missing = Vec::new();
     for (i, l) in image.manifest.layers.iter().enumerate() {
-        if lease.protect_existing(&store.content, &l.digest)? {
+        if skip(i) || lease.protect_existing(&store.content, &l.digest)? {
             continue;
         }
         // Only uncompressed layers whose blob is their diff ID can come from a snapshot.
@@ -136,4 +147,34 @@ pub fn ensure_image(store: &ImageStore, lease: &Lease, manifest: &Digest) -> Res
     missing.par_iter().try_for_each(|(chain, diff_id)| {
         ensure_layer(&store.content, snapshots.as_ref(), lease, chain, diff_id)
     })
+}
+
+/// The snapshot (chain ID, layer directory) of layer `index` of an image whose blob is not stored: only
+/// uncompressed layers whose blob is their diff ID (layers built here) can be regenerated
+/// from one. `None` when the blob is stored (protected by `lease` from then on) or the
+/// layer is of another kind.
+pub fn snapshot_source(
+    store: &ImageStore,
+    lease: &Lease,
+    layer: &super::image::Descriptor,
+    diff_ids: &[Digest],
+    index: usize,
+) -> Result<Option<(Digest, PathBuf)>> {
+    if lease.protect_existing(&store.content, &layer.digest)? {
+        return Ok(None);
+    }
+    if layer.media_type != media::OCI_LAYER || diff_ids.get(index) != Some(&layer.digest) {
+        return Ok(None);
+    }
+    let Some(chain) = chain_id(&diff_ids[..=index]) else {
+        return Ok(None);
+    };
+    let snapshots = super::snapshot::open_default(store.root())?;
+    match snapshots.layer_dir(&chain) {
+        Some(dir) => Ok(Some((chain, dir))),
+        None => Err(LayerBlobError::Missing {
+            diff_id: layer.digest.clone(),
+            chain,
+        }),
+    }
 }

@@ -165,6 +165,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// write, fsync, rename over `path`, fsync the directory. Readers see the old or the new
 /// content, never a partial file. On error the temp file is removed and `path` is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes` like [`write_atomic`] (temp file + rename: readers see the old
+/// or the new content, never a partial file) but without fsyncs, for state that is worthless
+/// after a crash or rebuilt on demand: lease files (a crash makes them stale anyway), the
+/// context hash index, `--explain` records. A crash may lose the update.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -179,9 +191,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .permissions(std::fs::Permissions::from_mode(0o644))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(dir)
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod import;
 pub mod layer;
 pub mod layer_blob;
 pub mod lock;
+pub mod pargz;
 pub mod refs;
 pub mod snapshot;
 pub mod store;

@@ -128,7 +128,7 @@ impl CachingFileHasher {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::cache::lock::write_atomic(&self.path, &bytes)
+        crate::cache::lock::write_replace(&self.path, &bytes)
     }
 }
 

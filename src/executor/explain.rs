@@ -64,7 +64,7 @@ impl BuildRecord {
             std::fs::create_dir_all(dir)?;
         }
         let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::cache::lock::write_atomic(path, &bytes)
+        crate::cache::lock::write_replace(path, &bytes)
     }
 
     fn find(&self, stage: &str, position: usize) -> Option<&StepRecord> {

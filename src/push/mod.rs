@@ -19,5 +19,6 @@ pub mod pull;
 #[allow(clippy::module_inception)]
 pub mod push;
 pub mod sources;
+mod tee;
 
 pub use client::{Registry, RegistryError, RegistrySettings};

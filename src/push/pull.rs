@@ -5,11 +5,15 @@
 //!    the entry for the requested platform (default: the host's) is fetched the same way.
 //! 2. The config, then the layers (4 at a time), are streamed from the registry straight into
 //!    the content store ([`BlobWriter`](crate::cache::content::BlobWriter): hashed on the
-//!    way, committed only if size and digest match, else the temp file is removed). Blobs the
-//!    store already has are skipped. Dropped connections and 5xx answers are retried with
-//!    backoff, from the start of the blob.
-//! 3. While later layers still download, a thread unpacks the finished ones, in order, into
-//!    snapshots (one per chain ID, as builds use them), so each layer is unpacked once.
+//!    way, committed only if size and digest match, else the temp file is removed; blobs are
+//!    requested as ranges so oci-client does not hash them a second time). Blobs the store
+//!    already has are skipped. Dropped connections and 5xx answers are retried with backoff;
+//!    a dropped download resumes with `Range: bytes=N-`.
+//! 3. With the overlay snapshotter each layer is also unpacked while it downloads
+//!    ([`tee`](super::tee)) into a staging directory; once its blob is verified, a thread
+//!    moves the staged trees into snapshots (one per chain ID, as builds use them) in chain
+//!    order. Otherwise (copying snapshotter, or a staged unpack that failed) that thread
+//!    unpacks the stored blobs as they arrive, so each layer is unpacked once.
 //! 4. The manifest bytes are stored unchanged, the image is registered and the tag set.
 //!
 //! Everything is held in a GC lease until the tag protects it.
@@ -18,11 +22,13 @@ use std::io::Write;
 use std::sync::mpsc;
 
 use futures_util::{StreamExt, TryStreamExt};
+use oci_client::client::BlobResponse;
 
 use super::client::{parse_reference, runtime, Registry, RegistryError, RegistrySettings, Result};
 use super::progress::Progress;
 use super::sources::BlobSources;
-use crate::cache::content::ContentError;
+use super::tee::{Staged, Unpacker};
+use crate::cache::content::{BlobWriter, ContentError};
 use crate::cache::gc::{Lease, Leases};
 use crate::cache::image::{media, Descriptor, ImageConfig, Index, Manifest};
 use crate::cache::layer::{self, UnpackMode};
@@ -107,8 +113,8 @@ pub fn pull_if_missing(
 enum UnpackEvent {
     /// The image's layers (diff ID, blob), in order.
     Layers(Vec<(Digest, Digest)>),
-    /// Layer `i`'s blob is in the store.
-    Ready(usize),
+    /// Layer `i`'s blob is in the store (and maybe already unpacked, staged).
+    Ready(usize, Option<Staged>),
 }
 
 /// Unpacks layers into snapshots as they become ready, in chain order.
@@ -118,7 +124,8 @@ fn unpack_in_order(
     rx: mpsc::Receiver<UnpackEvent>,
 ) -> Result<()> {
     let mut layers: Vec<(Digest, Digest)> = Vec::new();
-    let mut ready = Vec::new();
+    let mut ready: Vec<bool> = Vec::new();
+    let mut staged: Vec<Option<Staged>> = Vec::new();
     let mut next = 0;
     let mut parent: Option<Digest> = None;
     let mut diff_ids = Vec::new();
@@ -127,11 +134,13 @@ fn unpack_in_order(
         match event {
             UnpackEvent::Layers(l) => {
                 ready = vec![false; l.len()];
+                staged = l.iter().map(|_| None).collect();
                 layers = l;
             }
-            UnpackEvent::Ready(i) => {
+            UnpackEvent::Ready(i, tree) => {
                 if let Some(r) = ready.get_mut(i) {
                     *r = true;
+                    staged[i] = tree;
                 }
             }
         }
@@ -140,7 +149,14 @@ fn unpack_in_order(
             diff_ids.push(diff_id.clone());
             let id = chain_id(&diff_ids)
                 .ok_or_else(|| RegistryError::Invalid("empty layer chain".into()))?;
-            unpack_layer(store, snapshots, &id, parent.as_ref(), blob)?;
+            unpack_staged(
+                store,
+                snapshots,
+                &id,
+                parent.as_ref(),
+                blob,
+                staged[next].take(),
+            )?;
             parent = Some(id);
             next += 1;
         }
@@ -163,11 +179,33 @@ pub fn unpack_layer(
     parent: Option<&Digest>,
     blob: &Digest,
 ) -> Result<()> {
+    unpack_staged(store, snapshots, id, parent, blob, None)
+}
+
+/// [`unpack_layer`], moving `staged` (the layer already unpacked while it downloaded) into
+/// place when the snapshotter keeps per-layer diffs; else, or if that fails, unpacking the
+/// stored blob.
+fn unpack_staged(
+    store: &ImageStore,
+    snapshots: &dyn Snapshotter,
+    id: &Digest,
+    parent: Option<&Digest>,
+    blob: &Digest,
+    mut staged: Option<Staged>,
+) -> Result<()> {
     if snapshots.exists(id) {
         return Ok(());
     }
     let content = &store.content;
     let mut fill = |dir: &std::path::Path, mode: UnpackMode| -> Result<(), layer::LayerError> {
+        if let (Some(tree), UnpackMode::OverlayDiff) = (staged.take(), mode) {
+            match tree.install(dir) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(%blob, error = %e, "cannot move the staged layer; unpacking the blob")
+                }
+            }
+        }
         let file = content.open_blob(blob).map_err(|e| layer::LayerError::Io {
             op: "open layer blob",
             path: content.blob_path(blob),
@@ -370,6 +408,14 @@ async fn pull_async(
     for l in &manifest.layers {
         opts.progress.start(&l.digest, l.size, "Pulling fs layer");
     }
+    // Layers are unpacked while they download when snapshots keep per-layer diffs (the
+    // staged trees are renamed into place in order); the copying snapshotter needs the
+    // parent's tree, so it unpacks stored blobs.
+    let stage = opts
+        .snapshots
+        .filter(|s| s.keeps_layer_diffs() && unpack.is_some())
+        .map(|_| store.root().join("snapshots").join(".staging"));
+    let stage = &stage;
     let results: Vec<bool> = futures_util::stream::iter(manifest.layers.iter().enumerate())
         .map(|(i, layer)| {
             let registry = &registry;
@@ -378,7 +424,7 @@ async fn pull_async(
             let shown = &shown;
             let unpack = unpack.clone();
             async move {
-                let new = fetch_blob(
+                let (new, staged) = fetch_blob_staged(
                     registry,
                     repo,
                     layer,
@@ -387,10 +433,11 @@ async fn pull_async(
                     opts.progress,
                     shown,
                     true,
+                    stage.as_deref(),
                 )
                 .await?;
                 if let Some(tx) = unpack {
-                    let _ = tx.send(UnpackEvent::Ready(i));
+                    let _ = tx.send(UnpackEvent::Ready(i, staged));
                 }
                 Ok::<bool, RegistryError>(new)
             }
@@ -461,21 +508,80 @@ pub(crate) async fn fetch_blob(
     shown: &str,
     layer: bool,
 ) -> Result<bool> {
+    let (new, _) = fetch_blob_staged(
+        registry, repo, desc, store, lease, progress, shown, layer, None,
+    )
+    .await?;
+    Ok(new)
+}
+
+/// [`fetch_blob`], also unpacking the layer while it downloads when `stage` names a staging
+/// directory ([`tee`](super::tee)): the staged tree comes back once the blob is committed.
+///
+/// A dropped connection resumes where it stopped (`Range: bytes=N-`); a registry that
+/// answers with the whole blob instead starts it over. The blob is requested as a range from
+/// the start too, so the registry answers 206 and oci-client does not hash it a second time:
+/// the [`BlobWriter`](crate::cache::content::BlobWriter) verifies size and digest before
+/// anything is stored.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_blob_staged(
+    registry: &Registry,
+    repo: &oci_client::Reference,
+    desc: &Descriptor,
+    store: &ImageStore,
+    lease: &Lease,
+    progress: &dyn Progress,
+    shown: &str,
+    layer: bool,
+    stage: Option<&std::path::Path>,
+) -> Result<(bool, Option<Staged>)> {
     if lease.protect_existing(&store.content, &desc.digest)? {
         if layer {
             progress.status(&desc.digest, "Already exists");
         }
-        return Ok(false);
+        return Ok((false, None));
     }
     let what = format!("blob {}", desc.digest);
-    super::client::retry(|| async {
-        let mut stream = registry
+    let unpacker = stage.and_then(|root| match Unpacker::start(root) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot stage a streaming unpack");
+            None
+        }
+    });
+    // Kept across attempts: the bytes so far and the unpacker they were fed to.
+    let state: tokio::sync::Mutex<(Option<BlobWriter>, Option<Unpacker>)> =
+        tokio::sync::Mutex::new((None, unpacker));
+    let staged = super::client::retry(|| async {
+        let mut guard = state.lock().await;
+        let (slot, unpacker) = &mut *guard;
+        let offset = slot.as_ref().map_or(0, BlobWriter::written);
+        let response = registry
             .client
-            .pull_blob_stream(repo, desc.digest.as_str())
+            .pull_blob_stream_partial(repo, desc.digest.as_str(), offset, None)
             .await
             .map_err(|e| registry.map_err(shown, e))?;
-        let mut writer = tokio::task::block_in_place(|| store.content.writer())?;
-        progress.restart(&desc.digest);
+        let mut stream = match response {
+            BlobResponse::Partial(s) => s,
+            BlobResponse::Full(s) => {
+                if offset > 0 {
+                    tracing::debug!(blob = %desc.digest, offset, "the registry ignored the range; starting over");
+                    *slot = None;
+                    *unpacker = None;
+                }
+                s
+            }
+        };
+        let writer = match slot {
+            Some(w) => {
+                tracing::debug!(blob = %desc.digest, offset, "resuming the download");
+                w
+            }
+            None => {
+                progress.restart(&desc.digest);
+                slot.insert(tokio::task::block_in_place(|| store.content.writer())?)
+            }
+        };
         if layer {
             progress.status(&desc.digest, "Downloading");
         }
@@ -483,8 +589,8 @@ pub(crate) async fn fetch_blob(
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) if writer.written() < desc.size => {
-                    // Short read: whatever oci-client says (digest mismatch), the
-                    // connection ended early; that is worth another attempt.
+                    // Short read: the connection ended early; worth another attempt, which
+                    // resumes from here.
                     return Err(RegistryError::Transport {
                         reference: shown.to_string(),
                         registry: registry.domain.clone(),
@@ -499,6 +605,7 @@ pub(crate) async fn fetch_blob(
                 Err(e) => return Err(registry.io_error(shown, &what, e)),
             };
             if writer.written() + chunk.len() as u64 > desc.size {
+                *slot = None;
                 return Err(registry.protocol(
                     shown,
                     format!(
@@ -515,6 +622,11 @@ pub(crate) async fn fetch_blob(
                     source,
                 })?;
             progress.advance(&desc.digest, chunk.len() as u64);
+            if let Some(u) = unpacker.as_ref() {
+                if !u.feed(chunk).await {
+                    *unpacker = None;
+                }
+            }
         }
         if writer.written() < desc.size {
             return Err(RegistryError::Transport {
@@ -530,26 +642,39 @@ pub(crate) async fn fetch_blob(
         if layer {
             progress.status(&desc.digest, "Verifying Checksum");
         }
-        tokio::task::block_in_place(|| lease.commit(writer, Some(&desc.digest), Some(desc.size)))
-            .map_err(|e| match e {
-            crate::cache::gc::GcError::Content(ContentError::DigestMismatch {
-                expected,
-                actual,
-            }) => RegistryError::DigestMismatch {
-                reference: shown.to_string(),
-                registry: registry.domain.clone(),
-                what: what.clone(),
-                expected: expected.to_string(),
-                actual: actual.to_string(),
-            },
-            other => other.into(),
-        })?;
+        let Some(writer) = slot.take() else {
+            return Err(RegistryError::Invalid(format!("{what}: no download in progress")));
+        };
+        let committed = tokio::task::block_in_place(|| {
+            lease.commit(writer, Some(&desc.digest), Some(desc.size))
+        });
+        if let Err(e) = committed {
+            *unpacker = None;
+            return Err(match e {
+                crate::cache::gc::GcError::Content(ContentError::DigestMismatch {
+                    expected,
+                    actual,
+                }) => RegistryError::DigestMismatch {
+                    reference: shown.to_string(),
+                    registry: registry.domain.clone(),
+                    what: what.clone(),
+                    expected: expected.to_string(),
+                    actual: actual.to_string(),
+                },
+                other => other.into(),
+            });
+        }
+        let staged = match unpacker.take() {
+            Some(u) => u.finish().await,
+            None => None,
+        };
         if layer {
             progress.status(&desc.digest, "Pull complete");
         }
-        Ok(true)
+        Ok(staged)
     })
-    .await
+    .await?;
+    Ok((true, staged))
 }
 
 #[cfg(test)]
