@@ -504,6 +504,36 @@ fn tcp_needs_mutual_tls_unless_loopback_and_insecure() {
     };
     let ok = curl(true);
     let refused = curl(false);
+    // The docker CLI and kiln's client mode over mutual TLS.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client.key", "key.pem"),
+    ] {
+        std::fs::copy(dir.join(from), certs.join(to)).expect("copy cert");
+    }
+    let cfg = tempfile::tempdir().expect("docker config");
+    let docker = Command::new(DOCKER)
+        .args([
+            "--tlsverify",
+            "-H",
+            &format!("tcp://{addr}"),
+            "version",
+            "--format",
+            "{{.Server.Version}}",
+        ])
+        .env("DOCKER_CERT_PATH", &certs)
+        .env("DOCKER_CONFIG", cfg.path())
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("docker");
+    let mut client = kiln(k.root.path());
+    client
+        .env("KILN_CERT_PATH", &certs)
+        .args(["-H", &format!("tcp://{addr}"), "images", "-q"]);
+    let via_kiln = run(client, None);
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "OK", "{ok:?}");
@@ -511,6 +541,13 @@ fn tcp_needs_mutual_tls_unless_loopback_and_insecure() {
         !refused.status.success(),
         "a client without a certificate got in"
     );
+    assert_eq!(
+        String::from_utf8_lossy(&docker.stdout).trim(),
+        env!("CARGO_PKG_VERSION"),
+        "{}",
+        String::from_utf8_lossy(&docker.stderr)
+    );
+    assert!(via_kiln.status.success(), "{}", stderr(&via_kiln));
 }
 
 /// The table without its CREATED column (which moves with the clock).
@@ -587,6 +624,19 @@ fn kiln_client_mode_goes_through_the_api() {
     assert_eq!(stdout(&out), "Untagged: vc:2\n");
     assert!(
         stderr(&out).contains("Error response from daemon: No such image: nope"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = client(&["image", "prune", "-f"]);
+    assert!(
+        stdout(&out).contains("Total reclaimed space"),
+        "{}",
+        stderr(&out)
+    );
+    let out = client(&["builder", "prune"]);
+    assert!(
+        stdout(&out).starts_with("Deleted build cache objects: "),
         "{}",
         stderr(&out)
     );

@@ -28,7 +28,7 @@ pub struct PruneArgs {
 }
 
 /// `500MB`, `2GB`, `1.5g`, `1024` (bytes).
-fn parse_size(s: &str) -> anyhow::Result<u64> {
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
     crate::parser::mount::ram_in_bytes(s)
         .ok_or_else(|| anyhow::anyhow!("invalid size {s:?} (use e.g. 500MB or 2GB)"))
 }

@@ -153,13 +153,15 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
                 images::ImageCommand::History(args) => history(&api, args),
                 images::ImageCommand::Tag(args) => tag(&api, &args.source, &args.target),
                 images::ImageCommand::Rm(args) => rmi(&api, args),
-                images::ImageCommand::Prune(_) => not_yet("image prune"),
+                images::ImageCommand::Prune(args) => image_prune(&api, args),
             },
             ImageCommand::Save(args) => save(&api, args),
             ImageCommand::Load(args) => load(&api, args),
         },
         Command::Check(args) => super::check::run(args, &cli.root),
-        Command::Builder { .. } => not_yet("builder"),
+        Command::Builder { command } => match command {
+            super::builder::BuilderCommand::Prune(args) => builder_prune(&api, args),
+        },
         Command::System { .. } => not_yet("system"),
         Command::Network { .. } => not_yet("network"),
         Command::Pull(args) => pull(&api, args),
@@ -605,5 +607,49 @@ fn push(api: &ApiClient, args: &super::registry::PushArgs) -> anyhow::Result<Out
             crate::push::pull::familiar(&r)
         )?;
     }
+    Ok(Outcome::Success)
+}
+
+fn image_prune(api: &ApiClient, args: &images::PruneArgs) -> anyhow::Result<Outcome> {
+    if !args.force && !images::confirm_prune(args.all) {
+        return Ok(Outcome::Success);
+    }
+    let filters = if args.all {
+        "?filters=%7B%22dangling%22%3A%7B%22false%22%3Atrue%7D%7D"
+    } else {
+        ""
+    };
+    let resp = api.send(api.http.post(api.url(&format!("/images/prune{filters}"))))?;
+    let v: Value = serde_json::from_reader(resp).context("reading the daemon's answer")?;
+    let lines: Vec<String> = v["ImagesDeleted"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| {
+            i["Untagged"]
+                .as_str()
+                .map(|t| format!("untagged: {t}"))
+                .or_else(|| i["Deleted"].as_str().map(|d| format!("deleted: {d}")))
+        })
+        .collect();
+    images::print_prune(&lines, v["SpaceReclaimed"].as_u64().unwrap_or(0))
+}
+
+fn builder_prune(api: &ApiClient, args: &super::builder::PruneArgs) -> anyhow::Result<Outcome> {
+    let mut q = format!("all={}", args.all);
+    if let Some(k) = &args.keep_storage {
+        q.push_str(&format!("&keep-storage={}", super::builder::parse_size(k)?));
+    }
+    let resp = api.send(api.http.post(api.url(&format!("/build/prune?{q}"))))?;
+    let v: Value = serde_json::from_reader(resp).context("reading the daemon's answer")?;
+    let removed = v["CachesDeleted"].as_array().map_or(0, |a| a.len());
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Deleted build cache objects: {removed}")?;
+    writeln!(
+        out,
+        "Total:\t{}",
+        super::format::human_size(v["SpaceReclaimed"].as_u64().unwrap_or(0))
+    )?;
     Ok(Outcome::Success)
 }

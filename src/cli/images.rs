@@ -327,21 +327,27 @@ pub fn collect_garbage(engine: &Engine, dry_run: bool) -> anyhow::Result<u64> {
     crate::engine::images::collect_garbage(&engine.store, dry_run).context("garbage collection")
 }
 
+/// docker's prompt before a prune; true when the answer is yes.
+pub fn confirm_prune(all: bool) -> bool {
+    let warning = if all {
+        "WARNING! This will remove all images without at least one container associated to them."
+    } else {
+        "WARNING! This will remove all dangling images."
+    };
+    eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
+    let mut answer = String::new();
+    // End of input (no terminal, nothing piped) means "no".
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    let yes = matches!(answer.trim(), "y" | "Y" | "yes");
+    if !yes {
+        eprintln!();
+    }
+    yes
+}
+
 pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    if !args.force {
-        let warning = if args.all {
-            "WARNING! This will remove all images without at least one container associated to them."
-        } else {
-            "WARNING! This will remove all dangling images."
-        };
-        eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
-        let mut answer = String::new();
-        // End of input (no terminal, nothing piped) means "no".
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!();
-            return Ok(Outcome::Success);
-        }
+    if !args.force && !confirm_prune(args.all) {
+        return Ok(Outcome::Success);
     }
     let (removed, reclaimed) =
         crate::engine::images::prune(&engine.store, args.all, &images_in_use(engine)?, |_| false)?;
@@ -352,6 +358,11 @@ pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             Removal::Deleted(id) => format!("deleted: {id}"),
         })
         .collect();
+    print_prune(&lines, reclaimed)
+}
+
+/// Prints `image prune`'s report.
+pub fn print_prune(lines: &[String], reclaimed: u64) -> anyhow::Result<Outcome> {
     let mut out = std::io::stdout().lock();
     if !lines.is_empty() {
         writeln!(out, "Deleted Images:")?;
