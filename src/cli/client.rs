@@ -43,7 +43,10 @@ impl ApiClient {
     pub fn connect(host: &str) -> anyhow::Result<ApiClient> {
         let mut builder = reqwest::blocking::Client::builder().timeout(None);
         let base = if let Some(path) = host.strip_prefix("unix://") {
-            builder = builder.unix_socket(PathBuf::from(path));
+            // Plain HTTP over the socket: no trust store to load.
+            builder = builder
+                .unix_socket(PathBuf::from(path))
+                .tls_certs_only(std::iter::empty());
             "http://localhost".to_string()
         } else if let Some(addr) = host.strip_prefix("tcp://") {
             let certs = std::env::var_os("KILN_CERT_PATH")
@@ -62,7 +65,10 @@ impl ApiClient {
                         .identity(reqwest::Identity::from_pem(&identity)?);
                     format!("https://{}", addr.trim_end_matches('/'))
                 }
-                None => format!("http://{}", addr.trim_end_matches('/')),
+                None => {
+                    builder = builder.tls_certs_only(std::iter::empty());
+                    format!("http://{}", addr.trim_end_matches('/'))
+                }
             }
         } else {
             bail!("invalid host {host:?}: expected unix:///path or tcp://HOST:PORT");
