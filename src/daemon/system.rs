@@ -199,11 +199,30 @@ pub async fn df(state: &Arc<State>) -> ApiResult {
                 }
             }
         }
+        // How many images use each layer: those used by more than one are shared.
+        let mut users: std::collections::BTreeMap<&crate::cache::Digest, usize> =
+            std::collections::BTreeMap::new();
+        for l in &listed {
+            let mine: std::collections::BTreeSet<_> =
+                l.image.manifest.layers.iter().map(|d| &d.digest).collect();
+            for d in mine {
+                *users.entry(d).or_default() += 1;
+            }
+        }
         let images: Vec<Value> = listed
             .iter()
             .map(|l| {
                 let mut s = summary(l);
+                let shared: u64 = l
+                    .image
+                    .manifest
+                    .layers
+                    .iter()
+                    .filter(|d| users.get(&d.digest).is_some_and(|n| *n > 1))
+                    .map(|d| d.size)
+                    .sum();
                 s["Containers"] = json!(0);
+                s["SharedSize"] = json!(shared);
                 s
             })
             .collect();
