@@ -768,3 +768,43 @@ fn unix_socket_is_not_stolen_and_stale_ones_are_replaced() {
     let (status, _) = second.stop();
     assert!(status.success());
 }
+
+#[test]
+fn docker_build_with_dockerfile_outside_the_context_or_on_stdin() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let ctx =
+        d.k.context("ctx", "FROM scratch\n", &[("hello.txt", "hello\n")]);
+    // -f outside the context: the CLI adds it to the context under a private name.
+    let outside = d.k.work.path().join("elsewhere.Dockerfile");
+    std::fs::write(&outside, format!("FROM {base}\nCOPY hello.txt /\n")).expect("Dockerfile");
+    let out = d.docker(&[
+        "build",
+        "-f",
+        outside.to_str().expect("utf8"),
+        "-t",
+        "outside",
+        ctx.to_str().expect("utf8"),
+    ]);
+    assert!(out.contains("Step 2/2 : COPY hello.txt /"), "{out}");
+    assert!(out.contains("Successfully tagged outside:latest"), "{out}");
+    // `docker build - < Dockerfile`: no context, the body is the Dockerfile itself.
+    let mut cmd = d.docker_cmd(&["build", "-t", "fromstdin", "-"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("docker build -");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        format!("FROM {base}\nRUN echo from-stdin\n").as_bytes(),
+    )
+    .expect("Dockerfile on stdin");
+    let out = child.wait_with_output().expect("docker build -");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("from-stdin"), "{text}");
+    assert!(
+        text.contains("Successfully tagged fromstdin:latest"),
+        "{text}"
+    );
+}

@@ -149,6 +149,75 @@ impl BuildProgress for KilnProgress {
     }
 }
 
+/// The docker CLI sends a context whose tar stream may stop right after the last file's data
+/// (no padding, no end-of-archive blocks, when it adds a Dockerfile from outside the context);
+/// Go's tar reader takes that as the end, the `tar` crate as a truncated archive. This reader
+/// completes such a stream: for an uncompressed tar (ustar magic in the first header) it adds
+/// the missing padding and the two zero blocks at EOF. Anything else passes unchanged.
+struct CompleteTar<R> {
+    inner: R,
+    head: Vec<u8>,
+    head_pos: usize,
+    is_tar: Option<bool>,
+    read: u64,
+    tail: Option<u64>,
+}
+
+impl<R: std::io::Read> CompleteTar<R> {
+    fn new(inner: R) -> Self {
+        CompleteTar {
+            inner,
+            head: Vec::new(),
+            head_pos: 0,
+            is_tar: None,
+            read: 0,
+            tail: None,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for CompleteTar<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.is_tar.is_none() {
+            let mut block = [0u8; 512];
+            let mut n = 0;
+            while n < block.len() {
+                match self.inner.read(&mut block[n..])? {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            self.head = block[..n].to_vec();
+            self.is_tar = Some(n == 512 && &block[257..262] == b"ustar");
+        }
+        if self.head_pos < self.head.len() {
+            let n = buf.len().min(self.head.len() - self.head_pos);
+            buf[..n].copy_from_slice(&self.head[self.head_pos..self.head_pos + n]);
+            self.head_pos += n;
+            self.read += n as u64;
+            return Ok(n);
+        }
+        if self.tail.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            let pad = (512 - self.read % 512) % 512;
+            self.tail = Some(if self.is_tar == Some(true) {
+                pad + 1024
+            } else {
+                0
+            });
+        }
+        let left = self.tail.unwrap_or(0);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        buf[..n].fill(0);
+        self.tail = Some(left - n as u64);
+        Ok(n)
+    }
+}
+
 fn error_line(message: &str) -> Chunk {
     json_line(&json!({"errorDetail": {"message": message}, "error": message}))
 }
@@ -167,8 +236,8 @@ pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) ->
     let build_args: BTreeMap<String, Option<String>> = query.json("buildargs")?.unwrap_or_default();
     let labels: BTreeMap<String, String> = query.json("labels")?.unwrap_or_default();
     let request = BuildRequest {
-        context: ContextSource::Tar(Box::new(std::io::BufReader::new(BodyReader::new(
-            req.into_body(),
+        context: ContextSource::Tar(Box::new(CompleteTar::new(std::io::BufReader::new(
+            BodyReader::new(req.into_body()),
         )))),
         dockerfile: query
             .get("dockerfile")
@@ -285,6 +354,42 @@ pub async fn prune(state: &Arc<State>, query: &Query) -> ApiResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn complete(bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut CompleteTar::new(bytes), &mut out).expect("read");
+        out
+    }
+
+    #[test]
+    fn truncated_tar_streams_are_completed() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "a", &b"hello"[..]).expect("append");
+        let full = b.into_inner().expect("tar");
+        // What the docker CLI may send: the header and the data, nothing after.
+        let cut = &full[..512 + 5];
+        let fixed = complete(cut);
+        assert_eq!(fixed.len(), 512 + 512 + 1024);
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&fixed[..]).entries().expect("entries") {
+            names.push(
+                e.expect("entry")
+                    .path()
+                    .expect("path")
+                    .display()
+                    .to_string(),
+            );
+        }
+        assert_eq!(names, vec!["a"]);
+        // A complete tar gets two more zero blocks (harmless); other input is unchanged.
+        assert_eq!(complete(&full).len(), full.len() + 1024);
+        assert_eq!(complete(b"FROM scratch\n"), b"FROM scratch\n");
+        assert_eq!(complete(b""), b"");
+    }
 
     #[test]
     fn labels_split() {
