@@ -11,6 +11,8 @@
 pub mod cache;
 pub mod cli;
 pub mod context;
+pub mod daemon;
+pub mod engine;
 pub mod executor;
 pub mod graph;
 pub mod lint;

@@ -129,6 +129,7 @@ fn help_lists_only_working_commands_and_global_options() {
     assert!(help.contains("check"), "{help}");
     assert!(help.contains("--root <DIR>"), "{help}");
     assert!(help.contains("-D, --debug"), "{help}");
+    assert!(help.contains("-H, --host <URL>"), "{help}");
     let commands: Vec<&str> = help
         .split("Commands:")
         .nth(1)
@@ -154,6 +155,7 @@ fn help_lists_only_working_commands_and_global_options() {
             "login",
             "logout",
             "builder",
+            "daemon",
             "network",
             "system",
             "run",

@@ -14,9 +14,9 @@ use crate::build::Kiln;
 use crate::util::{kiln, run, stderr, stdout};
 
 /// A `docker-registry serve` process with its storage in a temp dir; killed on drop.
-struct TestRegistry {
+pub struct TestRegistry {
     child: Child,
-    addr: String,
+    pub addr: String,
     dir: tempfile::TempDir,
 }
 
@@ -40,7 +40,7 @@ fn wait_listening(addr: &str) -> bool {
 
 impl TestRegistry {
     /// Starts a registry; with `user`, htpasswd basic auth for (user, password).
-    fn start(user: Option<(&str, &str)>) -> TestRegistry {
+    pub fn start(user: Option<(&str, &str)>) -> TestRegistry {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("registry dir");
             let port = free_port();

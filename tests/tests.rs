@@ -7,6 +7,7 @@ mod build;
 mod check_cli;
 mod conformance;
 mod container;
+mod daemon;
 mod golden;
 mod images_cli;
 mod network;

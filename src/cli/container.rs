@@ -1066,7 +1066,11 @@ pub fn inspect(args: &InspectArgs, root: &Path) -> anyhow::Result<Outcome> {
                 let image = engine.as_ref().and_then(|en| {
                     let img = en.store.lookup(n).ok()?;
                     let tags = en.store.tags_of(&img.manifest_digest).ok()?;
-                    Some(super::images::inspect_json(&img, &tags, "overlayfs"))
+                    Some(crate::engine::images::inspect_json(
+                        &img,
+                        &tags,
+                        "overlayfs",
+                    ))
                 });
                 match image {
                     Some(d) => docs.push(d),

@@ -6,13 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::cache::snapshot::{self, Snapshotter};
-use crate::cache::store::{ImageStore, StoreError};
-use crate::graph::dispatch::{ImageSource, ResolvedImage};
-use crate::graph::Platform;
-use crate::push::client::RegistrySettings;
-use crate::push::progress::Silent;
-use crate::push::pull::{pull_if_missing, PullOptions};
-use crate::reference::Reference;
+use crate::cache::store::ImageStore;
 
 /// The engine's state for one command.
 pub struct Engine {
@@ -60,65 +54,4 @@ impl Engine {
     }
 }
 
-/// Looks up FROM / `--from` images in the local store.
-pub struct LocalImages<'a>(pub &'a ImageStore);
-
-impl ImageSource for LocalImages<'_> {
-    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
-        let normalized = Reference::parse(reference)
-            .map(|r| r.with_default_tag().to_string())
-            .map_err(|e| format!("{reference}: {e}"))?;
-        match self.0.lookup(reference) {
-            Ok(img) => Ok(ResolvedImage {
-                reference: normalized,
-                manifest_digest: img.manifest_digest.clone(),
-                config: img.config,
-            }),
-            Err(crate::cache::store::StoreError::NotFound(_)) => Err(format!(
-                "image {normalized:?} is not in the local store (load it with `kiln load -i FILE`)"
-            )),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-/// Looks up FROM / `--from` images in the store and pulls the missing ones from their
-/// registry (unpacked into `snapshots`, so the build does not unpack them again).
-pub struct PullingImages<'a> {
-    pub store: &'a ImageStore,
-    pub settings: &'a RegistrySettings,
-    pub platform: Platform,
-    pub snapshots: Option<&'a dyn Snapshotter>,
-    /// Say nothing about pulls.
-    pub quiet: bool,
-}
-
-impl ImageSource for PullingImages<'_> {
-    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
-        let normalized = Reference::parse(reference)
-            .map(|r| r.with_default_tag().to_string())
-            .map_err(|e| format!("{reference}: {e}"))?;
-        match self.store.lookup(reference) {
-            Ok(_) => return LocalImages(self.store).resolve(reference),
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        if !self.quiet {
-            eprintln!("pulling {normalized}");
-        }
-        let opts = PullOptions {
-            platform: self.platform.clone(),
-            settings: self.settings,
-            progress: &Silent,
-            snapshots: self.snapshots,
-        };
-        let img = pull_if_missing(self.store, reference, &opts).map_err(|e| {
-            format!("image {normalized:?} is not in the local store, and pulling it failed: {e}")
-        })?;
-        Ok(ResolvedImage {
-            reference: normalized,
-            manifest_digest: img.manifest_digest.clone(),
-            config: img.config,
-        })
-    }
-}
+pub use crate::engine::{LocalImages, PullingImages};

@@ -1,19 +1,17 @@
 //! Image commands with docker's output: `images`, `image inspect`, `history`, `tag`, `rmi`,
 //! `image prune`.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::{json, Value};
 
 use super::engine::Engine;
 use super::format::{human_duration, human_size, table};
 use super::Outcome;
 use crate::cache::image::{parse_rfc3339, ImageConfig};
-use crate::cache::store::StoredImage;
-use crate::cache::Digest;
+use crate::engine::images::{familiar, inspect_json, Removal};
+use crate::engine::EngineError;
 use crate::reference::Reference;
 
 #[derive(Debug, Args)]
@@ -95,41 +93,35 @@ pub struct PruneArgs {
     pub force: bool,
 }
 
-/// `docker.io/library/app:latest` → (`app`, `latest`).
-fn familiar(name: &str) -> (String, String) {
-    match Reference::parse(name) {
-        Ok(r) => (
-            r.familiar_repository(),
-            r.tag.clone().unwrap_or_else(|| "<none>".into()),
-        ),
-        Err(_) => (name.to_string(), "<none>".into()),
-    }
-}
-
 fn created_secs(config: &ImageConfig) -> Option<i64> {
     config.created.as_deref().and_then(parse_rfc3339)
 }
 
-fn ago(config: &ImageConfig) -> String {
-    match created_secs(config) {
-        Some(t) => format!(
-            "{} ago",
-            human_duration(crate::cache::image::unix_now() - t)
-        ),
-        None => "N/A".into(),
-    }
+/// One image as `kiln images` lists it (from the store, or from a daemon's `/images/json`).
+pub struct ImageRow {
+    /// Full ID (`sha256:…`).
+    pub id: String,
+    pub created: Option<i64>,
+    pub size: u64,
+    /// Its names (normalized or familiar references).
+    pub tags: Vec<String>,
 }
 
 pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    let store = &engine.store;
-    let tags = store.tags()?;
-    let mut by_manifest: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
-    for (name, manifest) in &tags {
-        by_manifest
-            .entry(manifest.clone())
-            .or_default()
-            .push(name.clone());
-    }
+    let rows = crate::engine::images::list(&engine.store)?
+        .into_iter()
+        .map(|l| ImageRow {
+            id: l.image.id().to_string(),
+            created: created_secs(&l.image.config),
+            size: l.image.layers_size(),
+            tags: l.tags,
+        })
+        .collect();
+    print_images(args, rows)
+}
+
+/// Prints `kiln images` (docker's table, or IDs with `-q`).
+pub fn print_images(args: &ImagesArgs, images: Vec<ImageRow>) -> anyhow::Result<Outcome> {
     let wanted = args.filter.as_deref().map(|f| {
         let r = Reference::parse(f).ok();
         (
@@ -141,25 +133,27 @@ pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     });
     let mut rows: Vec<(i64, Vec<String>)> = Vec::new();
     let mut seen_ids = std::collections::BTreeSet::new();
-    for (manifest, _config) in store.images()? {
-        let img = match store.image(&manifest) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!("skipping image {manifest}: {e}");
-                continue;
-            }
-        };
+    let now = crate::cache::image::unix_now();
+    for img in images {
         let id = if args.no_trunc {
-            img.id().to_string()
+            img.id.clone()
         } else {
-            img.id().short().to_string()
+            img.id
+                .strip_prefix("sha256:")
+                .unwrap_or(&img.id)
+                .chars()
+                .take(12)
+                .collect()
         };
-        let created = created_secs(&img.config).unwrap_or(0);
-        let names = by_manifest.get(&manifest).cloned().unwrap_or_default();
-        let entries: Vec<(String, String)> = if names.is_empty() {
+        let created = img.created.unwrap_or(0);
+        let ago = match img.created {
+            Some(t) => format!("{} ago", human_duration(now - t)),
+            None => "N/A".into(),
+        };
+        let entries: Vec<(String, String)> = if img.tags.is_empty() {
             vec![("<none>".into(), "<none>".into())]
         } else {
-            names.iter().map(|n| familiar(n)).collect()
+            img.tags.iter().map(|n| familiar(n)).collect()
         };
         for (repo, tag) in entries {
             if let Some((want_repo, want_tag)) = &wanted {
@@ -178,13 +172,7 @@ pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             }
             rows.push((
                 created,
-                vec![
-                    repo,
-                    tag,
-                    id.clone(),
-                    ago(&img.config),
-                    human_size(img.layers_size()),
-                ],
+                vec![repo, tag, id.clone(), ago.clone(), human_size(img.size)],
             ));
         }
     }
@@ -201,59 +189,6 @@ pub fn images(args: &ImagesArgs, engine: &Engine) -> anyhow::Result<Outcome> {
         )?;
     }
     Ok(Outcome::Success)
-}
-
-/// Docker's `image inspect` document for one image.
-pub(super) fn inspect_json(img: &StoredImage, tags: &[String], driver: &str) -> Value {
-    let repo_tags: Vec<String> = tags
-        .iter()
-        .map(|t| {
-            let (r, tag) = familiar(t);
-            format!("{r}:{tag}")
-        })
-        .collect();
-    let c = &img.config.config;
-    let mut config = json!({
-        "Hostname": "", "Domainname": "", "User": c.user.clone().unwrap_or_default(),
-        "AttachStdin": false, "AttachStdout": false, "AttachStderr": false,
-        "Tty": false, "OpenStdin": false, "StdinOnce": false,
-        "Env": c.env, "Cmd": c.cmd, "Image": "", "Volumes": c.volumes,
-        "WorkingDir": c.working_dir.clone().unwrap_or_default(), "Entrypoint": c.entrypoint,
-        "OnBuild": c.on_build, "Labels": c.labels,
-    });
-    if let Some(map) = config.as_object_mut() {
-        if let Some(p) = &c.exposed_ports {
-            map.insert("ExposedPorts".into(), json!(p));
-        }
-        if let Some(s) = &c.stop_signal {
-            map.insert("StopSignal".into(), json!(s));
-        }
-        if let Some(h) = &c.healthcheck {
-            map.insert("Healthcheck".into(), json!(h));
-        }
-        if let Some(s) = &c.shell {
-            map.insert("Shell".into(), json!(s));
-        }
-    }
-    json!({
-        "Id": img.id().to_string(),
-        "RepoTags": repo_tags,
-        "RepoDigests": [],
-        "Parent": "",
-        "Comment": "",
-        "Created": img.config.created.clone().unwrap_or_default(),
-        "DockerVersion": "",
-        "Author": img.config.author.clone().unwrap_or_default(),
-        "Config": config,
-        "Architecture": img.config.architecture,
-        "Variant": img.config.variant,
-        "Os": img.config.os,
-        "Size": img.layers_size(),
-        "GraphDriver": {"Data": null, "Name": driver},
-        "RootFS": {"Type": "layers", "Layers": img.config.rootfs.diff_ids},
-        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
-        "Descriptor": {"mediaType": img.manifest.media_type, "digest": img.manifest_digest.to_string(), "size": img.manifest_size},
-    })
 }
 
 pub fn inspect(args: &InspectArgs, engine: &Engine) -> anyhow::Result<Outcome> {
@@ -281,18 +216,23 @@ pub fn inspect(args: &InspectArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 
 pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     let img = engine.store.lookup(&args.image)?;
-    let mut layer_sizes = img.manifest.layers.iter().map(|l| l.size);
+    print_history(
+        args,
+        img.id().as_str(),
+        crate::engine::images::history(&img),
+    )
+}
+
+/// Prints `kiln history` for image `id` (entries newest first).
+pub fn print_history(
+    args: &HistoryArgs,
+    id: &str,
+    entries: Vec<crate::engine::images::HistoryEntry>,
+) -> anyhow::Result<Outcome> {
     let mut rows = Vec::new();
-    for h in &img.config.history {
-        let size = if h.empty_layer {
-            0
-        } else {
-            layer_sizes.next().unwrap_or(0)
-        };
+    for h in entries {
         let created = h
             .created
-            .as_deref()
-            .and_then(parse_rfc3339)
             .map(|t| {
                 format!(
                     "{} ago",
@@ -300,7 +240,7 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
                 )
             })
             .unwrap_or_else(|| "N/A".into());
-        let by = h.created_by.clone().unwrap_or_default();
+        let by = h.created_by;
         let by = if args.no_trunc || by.chars().count() <= 45 {
             by
         } else {
@@ -310,16 +250,19 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
             "<missing>".to_string(),
             created,
             by,
-            human_size(size),
-            h.comment.clone().unwrap_or_default(),
+            human_size(h.size),
+            h.comment,
         ]);
     }
-    rows.reverse();
     if let Some(first) = rows.first_mut() {
         first[0] = if args.no_trunc {
-            img.id().to_string()
+            id.to_string()
         } else {
-            img.id().short().to_string()
+            id.strip_prefix("sha256:")
+                .unwrap_or(id)
+                .chars()
+                .take(12)
+                .collect()
         };
     }
     let mut out = std::io::stdout().lock();
@@ -340,74 +283,29 @@ pub fn history(args: &HistoryArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 }
 
 pub fn tag(args: &TagArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    let img = engine.store.lookup(&args.source)?;
-    let target = Reference::parse(&args.target)
-        .map_err(|e| anyhow::anyhow!("invalid target {:?}: {e}", args.target))?;
-    if target.digest.is_some() {
-        bail!(
-            "refusing to create a tag with a digest reference: {}",
-            args.target
-        );
-    }
-    engine.store.tag(&target, &img.manifest_digest)?;
+    crate::engine::images::tag(&engine.store, &args.source, &args.target)?;
     Ok(Outcome::Success)
 }
 
 pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    let store = &engine.store;
+    let in_use = images_in_use(engine)?;
     let mut failed = false;
     let mut out = std::io::stdout().lock();
-    let in_use = crate::run::state::Containers::open(&engine.root)?.images_in_use()?;
     for name in &args.images {
-        let img = match store.lookup(name) {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("Error response from daemon: {e}");
-                failed = true;
-                continue;
-            }
-        };
-        let tags = store.tags_of(&img.manifest_digest)?;
-        let user = in_use.get(img.id());
-        if let (Some(c), false) = (user, args.force) {
-            // docker refuses while a container (even a stopped one) uses the image.
-            eprintln!(
-                "Error response from daemon: conflict: unable to remove repository reference \"{name}\" (must force) - container {} is using its referenced image {}",
-                &c[..12],
-                img.id().short()
-            );
-            failed = true;
-            continue;
-        }
-        let by_tag = Reference::parse(name)
-            .ok()
-            .map(|r| r.with_default_tag().to_string())
-            .filter(|n| tags.contains(n));
-        let to_untag: Vec<String> = match by_tag {
-            Some(t) => vec![t],
-            None if tags.len() > 1 && !args.force => {
-                eprintln!(
-                    "Error response from daemon: conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
-                    img.id().short()
-                );
-                failed = true;
-                continue;
-            }
-            None => tags.clone(),
-        };
-        for t in &to_untag {
-            store.untag(t)?;
-            let (r, tag) = familiar(t);
-            writeln!(out, "Untagged: {r}:{tag}")?;
-        }
-        if store.tags_of(&img.manifest_digest)?.is_empty() && user.is_none() {
-            // Every manifest of this image ID goes (they share the config).
-            for (m, id) in store.images()? {
-                if &id == img.id() && store.tags_of(&m)?.is_empty() {
-                    store.forget(&m)?;
+        match crate::engine::images::remove(&engine.store, name, args.force, &in_use) {
+            Ok(removed) => {
+                for r in removed {
+                    match r {
+                        Removal::Untagged(t) => writeln!(out, "Untagged: {t}")?,
+                        Removal::Deleted(id) => writeln!(out, "Deleted: {id}")?,
+                    }
                 }
             }
-            writeln!(out, "Deleted: {}", img.id())?;
+            Err(e @ (EngineError::NotFound(_) | EngineError::Conflict(_))) => {
+                eprintln!("Error response from daemon: {e}");
+                failed = true;
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     drop(out);
@@ -419,111 +317,53 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Removes blobs and snapshots no image needs any more. Returns bytes reclaimed.
-pub fn collect_garbage(engine: &Engine, dry_run: bool) -> anyhow::Result<u64> {
-    let store = &engine.store;
-    let roots: Vec<Digest> = store.images()?.into_keys().collect();
-    // The build cache is not garbage: `kiln builder prune` removes it (as docker does).
-    let cache = crate::cache::buildcache::BuildCache::open(&engine.root)?;
-    let report = crate::cache::gc::collect_with(&store.content, dry_run, || {
-        let mut all = roots.clone();
-        all.extend(cache.blobs()?);
-        Ok::<_, crate::cache::buildcache::BuildCacheError>(all)
-    })
-    .context("garbage collection")?;
-    let mut reclaimed = report.reclaimed;
-    // Snapshots whose chain no image, cache record or running build uses. (Layers built here
-    // may exist only as snapshots: see cache::layer_blob.)
-    let mut keep: std::collections::BTreeSet<Digest> = cache.chains()?.into_iter().collect();
-    for lease in crate::cache::gc::Leases::list(&engine.root)? {
-        if lease.is_live() {
-            keep.extend(lease.digests.iter().cloned());
-        }
-    }
-    for m in &roots {
-        if let Ok(img) = store.image(m) {
-            let ids = &img.config.rootfs.diff_ids;
-            for n in 1..=ids.len() {
-                if let Some(c) = crate::cache::snapshot::chain_id(&ids[..n]) {
-                    keep.insert(c);
-                }
-            }
-        }
-    }
-    if !dry_run {
-        let snapshots = engine.snapshotter()?;
-        let infos = snapshots.list()?;
-        // Children before parents, so a parent is free when its turn comes.
-        let mut ordered: Vec<_> = infos.iter().map(|i| (depth(&infos, &i.id), i)).collect();
-        ordered.sort_by_key(|(d, _)| std::cmp::Reverse(*d));
-        for (_, info) in ordered {
-            if !keep.contains(&info.id) && snapshots.remove(&info.id).is_ok() {
-                reclaimed += info.size;
-            }
-        }
-    }
-    Ok(reclaimed)
+/// Images containers (running or not) use: image ID → a container's ID.
+pub fn images_in_use(engine: &Engine) -> anyhow::Result<crate::engine::images::InUse> {
+    Ok(crate::run::state::Containers::open(&engine.root)?.images_in_use()?)
 }
 
-fn depth(infos: &[crate::cache::snapshot::SnapshotInfo], id: &Digest) -> usize {
-    let mut d = 0;
-    let mut cur = Some(id.clone());
-    while let Some(c) = cur {
-        cur = infos
-            .iter()
-            .find(|i| i.id == c)
-            .and_then(|i| i.parent.clone());
-        d += 1;
-        if d > 10_000 {
-            break;
-        }
+/// Removes blobs and snapshots no image needs any more. Returns bytes reclaimed.
+pub fn collect_garbage(engine: &Engine, dry_run: bool) -> anyhow::Result<u64> {
+    crate::engine::images::collect_garbage(&engine.store, dry_run).context("garbage collection")
+}
+
+/// docker's prompt before a prune; true when the answer is yes.
+pub fn confirm_prune(all: bool) -> bool {
+    let warning = if all {
+        "WARNING! This will remove all images without at least one container associated to them."
+    } else {
+        "WARNING! This will remove all dangling images."
+    };
+    eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
+    let mut answer = String::new();
+    // End of input (no terminal, nothing piped) means "no".
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    let yes = matches!(answer.trim(), "y" | "Y" | "yes");
+    if !yes {
+        eprintln!();
     }
-    d
+    yes
 }
 
 pub fn prune(args: &PruneArgs, engine: &Engine) -> anyhow::Result<Outcome> {
-    if !args.force {
-        let warning = if args.all {
-            "WARNING! This will remove all images without at least one container associated to them."
-        } else {
-            "WARNING! This will remove all dangling images."
-        };
-        eprint!("{warning}\nAre you sure you want to continue? [y/N] ");
-        let mut answer = String::new();
-        // End of input (no terminal, nothing piped) means "no".
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!();
-            return Ok(Outcome::Success);
-        }
+    if !args.force && !confirm_prune(args.all) {
+        return Ok(Outcome::Success);
     }
-    let store = &engine.store;
+    let (removed, reclaimed) =
+        crate::engine::images::prune(&engine.store, args.all, &images_in_use(engine)?, |_| false)?;
+    let lines: Vec<String> = removed
+        .into_iter()
+        .map(|r| match r {
+            Removal::Untagged(t) => format!("untagged: {t}"),
+            Removal::Deleted(id) => format!("deleted: {id}"),
+        })
+        .collect();
+    print_prune(&lines, reclaimed)
+}
+
+/// Prints `image prune`'s report.
+pub fn print_prune(lines: &[String], reclaimed: u64) -> anyhow::Result<Outcome> {
     let mut out = std::io::stdout().lock();
-    let mut lines = Vec::new();
-    let tags = store.tags()?;
-    let in_use = crate::run::state::Containers::open(&engine.root)?.images_in_use()?;
-    for (manifest, id) in store.images()? {
-        if in_use.contains_key(&id) {
-            continue;
-        }
-        let tagged: Vec<&String> = tags
-            .iter()
-            .filter(|(_, m)| **m == manifest)
-            .map(|(t, _)| t)
-            .collect();
-        if !tagged.is_empty() && !args.all {
-            continue;
-        }
-        for t in tagged {
-            store.untag(t)?;
-            let (r, tag) = familiar(t);
-            lines.push(format!("untagged: {r}:{tag}"));
-        }
-        store.forget(&manifest)?;
-        lines.push(format!("deleted: {id}"));
-    }
-    lines.dedup();
-    let reclaimed = collect_garbage(engine, false)?;
     if !lines.is_empty() {
         writeln!(out, "Deleted Images:")?;
         for l in lines {

@@ -5,7 +5,9 @@ mod archive;
 mod build;
 mod builder;
 mod check;
+mod client;
 mod container;
+mod daemon;
 mod engine;
 mod format;
 mod images;
@@ -33,6 +35,17 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub root: PathBuf,
+
+    /// The daemon to talk to (`unix:///run/kiln/kiln.sock`, `tcp://HOST:PORT`); for
+    /// `kiln daemon`, where to listen (repeatable).
+    #[arg(
+        short = 'H',
+        long = "host",
+        global = true,
+        env = "KILN_HOST",
+        value_name = "URL"
+    )]
+    pub host: Vec<String>,
 
     /// Verbose logs on stderr.
     #[arg(short = 'D', long, global = true)]
@@ -78,6 +91,8 @@ pub enum Command {
         #[command(subcommand)]
         command: builder::BuilderCommand,
     },
+    /// Serve the Docker-compatible API (the docker CLI and SDKs can drive kiln).
+    Daemon(daemon::DaemonArgs),
     /// Manage networks.
     Network {
         #[command(subcommand)]
@@ -196,6 +211,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    if let Some(host) = client::daemon_host(cli) {
+        return client::run(cli, &host);
+    }
     let engine = || engine::Engine::open(&cli.root);
     match &cli.command {
         Command::Check(args) => check::run(args, &cli.root),
@@ -225,6 +243,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Builder { command } => match command {
             builder::BuilderCommand::Prune(args) => builder::prune(args, &engine()?),
         },
+        Command::Daemon(args) => daemon::run(args, &cli.root, &cli.host),
         Command::Network { command } => network::run(command, &cli.root),
         Command::System { command } => match command {
             SystemCommand::Df => system::df(&engine()?),

@@ -8,7 +8,6 @@
 //! are re-hashed (and recorded again) on the next build.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
@@ -16,7 +15,7 @@ use std::sync::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::hash::{FileHasher, PlainFileHasher};
-use super::{ContextEntry, ContextError, Result};
+use super::{ContextEntry, Result};
 use crate::cache::digest::Digest;
 
 /// The stat data a record is valid for.
@@ -30,13 +29,14 @@ struct Stat {
 }
 
 impl Stat {
-    fn of(m: &std::fs::Metadata) -> Stat {
+    /// From the `lstat` the walk made (the entry's size is the file's length).
+    fn of_entry(e: &ContextEntry) -> Stat {
         Stat {
-            size: m.len(),
-            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
-            ino: m.ino(),
-            dev: m.dev(),
+            size: e.size,
+            mtime_ns: e.stat.mtime_ns,
+            ctime_ns: e.stat.ctime_ns,
+            ino: e.stat.ino,
+            dev: e.stat.dev,
         }
     }
 }
@@ -152,12 +152,7 @@ impl FileHasher for CachingFileHasher {
 
 impl CachingFileHasher {
     fn hash_uncached(&self, entry: &ContextEntry) -> Result<Digest> {
-        let meta = std::fs::symlink_metadata(&entry.path).map_err(|source| ContextError::Io {
-            op: "stat",
-            path: entry.path.clone(),
-            source,
-        })?;
-        let stat = Stat::of(&meta);
+        let stat = Stat::of_entry(entry);
         let trusted = stat.mtime_ns < self.written_ns && stat.ctime_ns < self.written_ns;
         if trusted {
             if let Ok(records) = self.records.read() {

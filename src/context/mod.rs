@@ -138,6 +138,29 @@ pub struct ContextEntry {
     pub size: u64,
     /// Modification time, seconds since the epoch (informational: never part of a digest).
     pub mtime: i64,
+    /// The rest of the same `lstat`, for the hash index (`hashcache`): no second `stat`.
+    pub(crate) stat: EntryStat,
+}
+
+/// Identity and exact times of an entry, as `lstat` reported them during the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct EntryStat {
+    pub ino: u64,
+    pub dev: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl EntryStat {
+    pub(crate) fn of(m: &std::fs::Metadata) -> EntryStat {
+        use std::os::unix::fs::MetadataExt;
+        EntryStat {
+            ino: m.ino(),
+            dev: m.dev(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        }
+    }
 }
 
 /// An opened build context: a root directory and the ignore rules that filter it.

@@ -145,6 +145,7 @@ pub(crate) fn make_entry(
         mode: meta.permissions().mode() & 0o7777,
         size,
         mtime: meta.mtime(),
+        stat: super::EntryStat::of(meta),
     }))
 }
 

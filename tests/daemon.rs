@@ -1,0 +1,810 @@
+//! `kiln daemon` driven by the real docker CLI (`/usr/local/bin/docker`) over a Unix socket,
+//! plus raw requests with curl for docker-style errors, and the listener rules (TCP needs
+//! mutual TLS unless loopback + --insecure-tcp). Each test runs its own daemon on a temp root.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::build::Kiln;
+use crate::util::{kiln, run, stderr, stdout};
+
+const DOCKER: &str = "/usr/local/bin/docker";
+
+/// A running `kiln daemon` on `<tmp>/kiln.sock`, sharing the fixture's root (so images built
+/// in-process are visible through the API).
+struct Daemon {
+    k: Kiln,
+    child: Option<Child>,
+    sock: PathBuf,
+    cfg: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let k = Kiln::new();
+        let sock = k.work.path().join("kiln.sock");
+        let mut cmd = kiln(k.root.path());
+        cmd.args(["daemon", "-H", &format!("unix://{}", sock.display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("starting kiln daemon");
+        let d = Daemon {
+            k,
+            child: Some(child),
+            sock,
+            cfg: tempfile::tempdir().expect("docker config dir"),
+        };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&self.sock).is_err() {
+            assert!(Instant::now() < deadline, "kiln daemon did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn docker_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(DOCKER);
+        c.args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.sock.display()))
+            .env("DOCKER_CONFIG", self.cfg.path())
+            .env("DOCKER_BUILDKIT", "0")
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY");
+        c
+    }
+
+    /// Runs docker; panics with its output unless it exits as `ok` says.
+    fn docker_expect(&self, args: &[&str], ok: bool) -> (String, String) {
+        let out = run(self.docker_cmd(args), None);
+        let (o, e) = (stdout(&out), stderr(&out));
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "docker {args:?}\nstdout:\n{o}\nstderr:\n{e}"
+        );
+        (o, e)
+    }
+
+    fn docker(&self, args: &[&str]) -> String {
+        self.docker_expect(args, true).0
+    }
+
+    /// A raw request: (HTTP status, body).
+    fn curl(&self, method: &str, path: &str, body: Option<&Path>) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}"]);
+        if method == "HEAD" {
+            c.arg("-I");
+        } else {
+            c.args(["-X", method]);
+        }
+        c.arg("--unix-socket")
+            .arg(&self.sock)
+            .arg(format!("http://kiln{path}"));
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary"])
+                .arg(format!("@{}", b.display()));
+        }
+        let out = run(c, None);
+        let text = stdout(&out);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// SIGTERM, then the exit status and stderr.
+    fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        let mut child = self.child.take().expect("daemon running");
+        let pid = nix_pid(&child);
+        // SAFETY-free: kill(2) via the command line tool keeps the test crate dependency-free.
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kiln daemon did not stop within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        (status, err)
+    }
+}
+
+fn nix_pid(child: &Child) -> String {
+    child.id().to_string()
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A two-stage Dockerfile FROM the busybox test image, with RUN, COPY --from and LABEL.
+fn multi_stage(d: &Daemon) -> PathBuf {
+    let base = d.k.busybox();
+    d.k.context(
+        "app",
+        &format!(
+            "FROM {base} AS build\nRUN echo built > /out.txt\nCOPY hello.txt /hello.txt\n\n\
+             FROM {base}\nCOPY --from=build /out.txt /hello.txt /\nLABEL a=b\nCMD [\"cat\", \"/out.txt\"]\n"
+        ),
+        &[("hello.txt", "hello\n")],
+    )
+}
+
+#[test]
+fn docker_version_and_info_show_kiln() {
+    let mut d = Daemon::start();
+    let v = d.docker(&["version"]);
+    assert!(v.contains("Server: kiln"), "{v}");
+    assert!(
+        v.contains(&format!("Version:          {}", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    assert!(
+        v.contains("API version:      1.43 (minimum version 1.24)"),
+        "{v}"
+    );
+    let info = d.docker(&["info"]);
+    assert!(
+        info.contains(&format!("Server Version: {}", env!("CARGO_PKG_VERSION"))),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!("Docker Root Dir: {}", d.k.root.path().display())),
+        "{info}"
+    );
+    assert!(info.contains("Images: 0"), "{info}");
+    // The socket is group-only, and goes away on SIGTERM.
+    let mode = std::fs::metadata(&d.sock)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("socket");
+    assert_eq!(mode, 0o660);
+    let (status, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("shutting down"), "{err}");
+    assert!(!d.sock.exists(), "socket left behind");
+}
+
+#[test]
+fn docker_build_images_inspect_tag_rmi() {
+    let d = Daemon::start();
+    let ctx = multi_stage(&d);
+    let (out, _) = d.docker_expect(&["build", "-t", "x", ctx.to_str().expect("utf8")], true);
+    assert!(
+        out.contains("Step 1/7 : FROM busybox:test AS build"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Step 2/7 : RUN echo built > /out.txt"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Step 5/7 : COPY --from=build /out.txt /hello.txt /"),
+        "{out}"
+    );
+    assert!(out.contains("Successfully built "), "{out}");
+    assert!(out.contains("Successfully tagged x:latest"), "{out}");
+    // The same build again comes from the cache.
+    let again = d.docker(&["build", "-t", "x", ctx.to_str().expect("utf8")]);
+    assert!(again.contains(" ---> Using cache"), "{again}");
+    let quiet = d.docker(&["build", "-q", ctx.to_str().expect("utf8")]);
+    let id = quiet.trim().to_string();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{quiet}");
+
+    let images = d.docker(&["images"]);
+    let row = images
+        .lines()
+        .find(|l| l.starts_with("x "))
+        .unwrap_or_else(|| panic!("no x in:\n{images}"));
+    assert!(
+        row.contains("latest") && row.contains(&id[7..19]),
+        "{images}"
+    );
+    assert!(images.contains("busybox"), "{images}");
+
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.docker(&["image", "inspect", "x"])).expect("inspect JSON");
+    assert_eq!(inspect[0]["Id"], id.as_str());
+    assert_eq!(inspect[0]["RepoTags"][0], "x:latest");
+    assert_eq!(inspect[0]["Config"]["Labels"]["a"], "b");
+    assert_eq!(inspect[0]["Config"]["Cmd"][1], "/out.txt");
+    let fmt = d.docker(&["image", "inspect", "-f", "{{.Os}}/{{.Architecture}}", "x"]);
+    assert!(fmt.trim().starts_with("linux/"), "{fmt}");
+    let history = d.docker(&["history", "x"]);
+    assert!(history.contains("LABEL a=b"), "{history}");
+
+    d.docker(&["tag", "x", "registry.local:5000/team/y:1"]);
+    let listed = d.docker(&["images", "registry.local:5000/team/y"]);
+    assert!(
+        listed.contains("registry.local:5000/team/y   1"),
+        "{listed}"
+    );
+    // By ID, an image with two names needs --force (docker's 409 conflict).
+    let (_, e) = d.docker_expect(&["rmi", &id[7..19]], false);
+    assert!(e.contains("must be forced"), "{e}");
+    let rm = d.docker(&["rmi", "registry.local:5000/team/y:1"]);
+    assert!(
+        rm.contains("Untagged: registry.local:5000/team/y:1"),
+        "{rm}"
+    );
+    let rm = d.docker(&["rmi", "x"]);
+    assert!(rm.contains("Untagged: x:latest"), "{rm}");
+    assert!(rm.contains(&format!("Deleted: {id}")), "{rm}");
+    let (_, e) = d.docker_expect(&["rmi", "x"], false);
+    assert!(e.contains("No such image: x"), "{e}");
+    let (_, e) = d.docker_expect(&["image", "inspect", "nope"], false);
+    assert!(e.contains("No such image: nope"), "{e}");
+}
+
+#[test]
+fn docker_build_failure_is_reported() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let ctx =
+        d.k.context("bad", &format!("FROM {base}\nRUN exit 3\n"), &[]);
+    let (o, e) = d.docker_expect(&["build", "-t", "bad", ctx.to_str().expect("utf8")], false);
+    assert!(e.contains("RUN exit 3"), "{o}{e}");
+    assert!(e.contains("exit code: 3") || e.contains("code 3"), "{o}{e}");
+    let ctx = d.k.context("missing", "FROM nope:1\n", &[]);
+    let (o, e) = d.docker_expect(&["build", ctx.to_str().expect("utf8")], false);
+    assert!(e.contains("nope"), "{o}{e}");
+    // The daemon is fine afterwards.
+    d.docker(&["version"]);
+}
+
+#[test]
+fn docker_save_load_and_prune() {
+    let d = Daemon::start();
+    let ctx = multi_stage(&d);
+    d.docker(&["build", "-q", "-t", "x", ctx.to_str().expect("utf8")]);
+    let id = d.docker(&["image", "inspect", "-f", "{{.Id}}", "x"]);
+    let tar = d.k.work.path().join("x.tar");
+    d.docker(&["save", "-o", tar.to_str().expect("utf8"), "x"]);
+    assert!(std::fs::metadata(&tar).expect("archive").len() > 1000);
+    d.docker(&["rmi", "x"]);
+    let loaded = d.docker(&["load", "-i", tar.to_str().expect("utf8")]);
+    assert!(loaded.contains("Loaded image: x:latest"), "{loaded}");
+    assert_eq!(
+        d.docker(&["image", "inspect", "-f", "{{.Id}}", "x"]),
+        id,
+        "same image ID after save | load"
+    );
+    // docker save | docker load through pipes.
+    let mut save = d.docker_cmd(&["save", "x"]);
+    let saved = save.stdout(Stdio::piped()).output().expect("docker save");
+    assert!(saved.status.success());
+    let mut load = d.docker_cmd(&["load"]);
+    load.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = load.spawn().expect("docker load");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &saved.stdout)
+        .expect("piping");
+    let out: Output = child.wait_with_output().expect("docker load");
+    assert!(
+        stdout(&out).contains("Loaded image: x:latest"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An untagged image is dangling and pruned; tagged ones stay.
+    d.docker(&["tag", "x", "keep:1"]);
+    d.docker(&["rmi", "x"]);
+    let df = d.docker(&["system", "df"]);
+    assert!(df.contains("Images"), "{df}");
+    let prune = d.docker(&["image", "prune", "-f"]);
+    assert!(prune.contains("Total reclaimed space"), "{prune}");
+    assert!(d.docker(&["images", "-q", "keep"]).trim().len() == 12);
+    let prune = d.docker(&["image", "prune", "-a", "-f"]);
+    assert!(prune.contains("untagged: keep:1"), "{prune}");
+    let left = d.docker(&["images", "-q"]);
+    assert!(left.trim().is_empty(), "{left}");
+    // The build cache goes with `docker builder prune` (here: what the builds left).
+    let pruned = d.docker(&["builder", "prune", "-a", "-f"]);
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert!(pruned.contains("Deleted build cache objects"), "{pruned}");
+    let again = d.docker(&["builder", "prune", "-a", "-f"]);
+    assert!(!again.contains("Deleted build cache objects"), "{again}");
+}
+
+#[test]
+fn events_stream_image_actions() {
+    let d = Daemon::start();
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    // A live stream that ends when `until` passes.
+    let mut follow = d.docker_cmd(&[
+        "events",
+        "--filter",
+        "type=image",
+        "--until",
+        &(start + 4).to_string(),
+    ]);
+    let follower = follow
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker events");
+    std::thread::sleep(Duration::from_millis(500));
+    let base = d.k.busybox();
+    d.docker(&["tag", base, "ev:1"]);
+    d.docker(&["rmi", "ev:1"]);
+    let out = follower.wait_with_output().expect("docker events");
+    let live = stdout(&out);
+    assert!(
+        live.contains(" image tag sha256:"),
+        "{live}{}",
+        stderr(&out)
+    );
+    assert!(live.contains("name=ev:1"), "{live}");
+    assert!(live.contains(" image untag "), "{live}");
+    // Past events with since/until and an event filter.
+    let past = d.docker(&[
+        "events",
+        "--since",
+        &start.to_string(),
+        "--until",
+        &(start + 60).min(start + 5).to_string(),
+        "--filter",
+        "event=untag",
+    ]);
+    assert!(
+        past.contains(" image untag ") && !past.contains(" image tag "),
+        "{past}"
+    );
+}
+
+#[test]
+fn bad_requests_get_docker_errors() {
+    let d = Daemon::start();
+    let (code, body) = d.curl("GET", "/v1.43/images/nope/json", None);
+    assert_eq!(
+        (code, body.trim()),
+        (404, r#"{"message":"No such image: nope"}"#)
+    );
+    let (code, body) = d.curl("GET", "/images/json?filters=%7Bbad", None);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.starts_with(r#"{"message":"invalid filter"#), "{body}");
+    let (code, body) = d.curl(
+        "GET",
+        "/images/json?filters=%7B%22nope%22%3A%5B%22x%22%5D%7D",
+        None,
+    );
+    assert_eq!(
+        (code, body.trim()),
+        (400, r#"{"message":"invalid filter 'nope'"}"#)
+    );
+    let (code, body) = d.curl("GET", "/v1.99/version", None);
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("Maximum supported API version is 1.43"),
+        "{body}"
+    );
+    let (code, body) = d.curl("GET", "/v1.43/no/such/route", None);
+    assert_eq!(
+        (code, body.trim()),
+        (404, r#"{"message":"page not found"}"#)
+    );
+    let (code, body) = d.curl("POST", "/images/nope/tag?repo=x", None);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = d.curl("DELETE", "/images/nope", None);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = d.curl("GET", "/images/get?names=nope", None);
+    assert_eq!(code, 404, "{body}");
+    let junk = d.k.work.path().join("junk.tar");
+    std::fs::write(&junk, b"this is not an archive").expect("junk");
+    let (code, body) = d.curl("POST", "/images/load", Some(&junk));
+    assert!(code == 400 || code == 500, "{code} {body}");
+    assert!(body.starts_with(r#"{"message":"#), "{body}");
+    // JSON bodies: malformed → 400, over the 16 MiB limit → 413, both as {"message"}.
+    let bad = d.k.work.path().join("bad.json");
+    std::fs::write(&bad, b"{\"Name\": ").expect("bad json");
+    let (code, body) = d.curl("POST", "/networks/create", Some(&bad));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.starts_with(r#"{"message":"invalid JSON"#), "{body}");
+    let huge = d.k.work.path().join("huge.json");
+    let mut big = b"{\"Name\": \"".to_vec();
+    big.resize(20 << 20, b'a');
+    big.extend_from_slice(b"\"}");
+    std::fs::write(&huge, &big).expect("huge json");
+    let (code, body) = d.curl("POST", "/networks/create", Some(&huge));
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("larger than the limit"), "{body}");
+    let (code, _) = d.curl("HEAD", "/_ping", None);
+    assert_eq!(code, 200);
+    // Still alive.
+    let (code, body) = d.curl("GET", "/_ping", None);
+    assert_eq!((code, body.as_str()), (200, "OK"));
+}
+
+#[test]
+fn tcp_needs_mutual_tls_unless_loopback_and_insecure() {
+    let k = Kiln::new();
+    let mut cmd = kiln(k.root.path());
+    cmd.args(["daemon", "-H", "tcp://0.0.0.0:0"]);
+    let out = run(cmd, None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("without mutual TLS"),
+        "{}",
+        stderr(&out)
+    );
+    let mut cmd = kiln(k.root.path());
+    cmd.args(["daemon", "-H", "tcp://0.0.0.0:0", "--insecure-tcp"]);
+    let out = run(cmd, None);
+    assert!(!out.status.success(), "--insecure-tcp is only for loopback");
+
+    // Mutual TLS with a throwaway CA: a client with a signed certificate gets in, one
+    // without is refused during the handshake.
+    let dir = k.work.path();
+    let sh = |script: &str| {
+        let s = Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=kiln-test-ca 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\\nextendedKeyUsage=serverAuth\\n' > server.ext
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile server.ext 2>/dev/null
+        printf 'extendedKeyUsage=clientAuth\\n' > client.ext
+        openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=client 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 1 -extfile client.ext 2>/dev/null");
+    let mut cmd = kiln(k.root.path());
+    cmd.args(["daemon", "-H", "tcp://127.0.0.1:0", "--tlsverify"])
+        .arg("--tlscacert")
+        .arg(dir.join("ca.pem"))
+        .arg("--tlscert")
+        .arg(dir.join("server.pem"))
+        .arg("--tlskey")
+        .arg(dir.join("server.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("daemon");
+    let mut stderr_pipe = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr_pipe, &mut line).expect("listening line");
+    let addr = line
+        .split("tcp://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let curl = |with_cert: bool| {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "10", "--cacert"])
+            .arg(dir.join("ca.pem"));
+        if with_cert {
+            c.arg("--cert")
+                .arg(dir.join("client.pem"))
+                .arg("--key")
+                .arg(dir.join("client.key"));
+        }
+        c.arg(format!("https://{addr}/_ping"));
+        c.output().expect("curl")
+    };
+    let ok = curl(true);
+    let refused = curl(false);
+    // The docker CLI and kiln's client mode over mutual TLS.
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("certs dir");
+    for (from, to) in [
+        ("ca.pem", "ca.pem"),
+        ("client.pem", "cert.pem"),
+        ("client.key", "key.pem"),
+    ] {
+        std::fs::copy(dir.join(from), certs.join(to)).expect("copy cert");
+    }
+    let cfg = tempfile::tempdir().expect("docker config");
+    let docker = Command::new(DOCKER)
+        .args([
+            "--tlsverify",
+            "-H",
+            &format!("tcp://{addr}"),
+            "version",
+            "--format",
+            "{{.Server.Version}}",
+        ])
+        .env("DOCKER_CERT_PATH", &certs)
+        .env("DOCKER_CONFIG", cfg.path())
+        .env_remove("DOCKER_HOST")
+        .output()
+        .expect("docker");
+    let mut client = kiln(k.root.path());
+    client
+        .env("KILN_CERT_PATH", &certs)
+        .args(["-H", &format!("tcp://{addr}"), "images", "-q"]);
+    let via_kiln = run(client, None);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "OK", "{ok:?}");
+    assert!(
+        !refused.status.success(),
+        "a client without a certificate got in"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&docker.stdout).trim(),
+        env!("CARGO_PKG_VERSION"),
+        "{}",
+        String::from_utf8_lossy(&docker.stderr)
+    );
+    assert!(via_kiln.status.success(), "{}", stderr(&via_kiln));
+}
+
+/// The table without its CREATED column (which moves with the clock).
+fn without_created(table: &str) -> Vec<Vec<String>> {
+    table
+        .lines()
+        .map(|l| {
+            let cols: Vec<String> = l
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect();
+            cols.into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 3)
+                .map(|(_, c)| c)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn kiln_client_mode_goes_through_the_api() {
+    let d = Daemon::start();
+    let ctx = multi_stage(&d);
+    let host = format!("unix://{}", d.sock.display());
+    let client = |args: &[&str]| {
+        // An empty root of its own: everything it shows must come from the daemon.
+        let mut c = kiln(d.k.work.path().join("client-root").as_path());
+        c.arg("-H").arg(&host).args(args);
+        run(c, None)
+    };
+    let out = client(&[
+        "build",
+        "--progress=plain",
+        "-t",
+        "viaclient",
+        ctx.to_str().expect("utf8"),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("[build 1/2] RUN /bin/sh -c echo built > /out.txt"),
+        "{err}"
+    );
+    assert!(err.contains(" writing image sha256:"), "{err}");
+    assert!(
+        err.contains(" naming to docker.io/library/viaclient:latest done"),
+        "{err}"
+    );
+    let quiet = client(&["build", "-q", ctx.to_str().expect("utf8")]);
+    assert!(
+        stdout(&quiet).trim().starts_with("sha256:"),
+        "{}",
+        stderr(&quiet)
+    );
+
+    // Same output as in-process use of the daemon's root.
+    let via_api = stdout(&client(&["images"]));
+    let in_process = d.k.ok(&["images"]);
+    assert_eq!(without_created(&via_api), without_created(&in_process));
+    assert!(via_api.contains("viaclient"), "{via_api}");
+    let inspect_api: serde_json::Value =
+        serde_json::from_str(&stdout(&client(&["image", "inspect", "viaclient"]))).expect("json");
+    let mut in_process = d.k.inspect("viaclient");
+    in_process["GraphDriver"] = inspect_api[0]["GraphDriver"].clone();
+    assert_eq!(inspect_api[0], in_process);
+
+    let out = client(&["tag", "viaclient", "vc:2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = client(&["rmi", "vc:2", "nope"]);
+    assert!(!out.status.success());
+    assert_eq!(stdout(&out), "Untagged: vc:2\n");
+    assert!(
+        stderr(&out).contains("Error response from daemon: No such image: nope"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = client(&["image", "prune", "-f"]);
+    assert!(
+        stdout(&out).contains("Total reclaimed space"),
+        "{}",
+        stderr(&out)
+    );
+    let out = client(&["builder", "prune"]);
+    assert!(
+        stdout(&out).starts_with("Deleted build cache objects: "),
+        "{}",
+        stderr(&out)
+    );
+
+    // DOCKER_HOST naming a kiln daemon is used too.
+    let mut c = kiln(d.k.work.path().join("client-root").as_path());
+    c.env("DOCKER_HOST", &host)
+        .env_remove("KILN_HOST")
+        .arg("images");
+    let out = run(c, None);
+    assert!(stdout(&out).contains("viaclient"), "{}", stderr(&out));
+}
+
+#[test]
+fn docker_network_create_ls_inspect_rm() {
+    let d = Daemon::start();
+    let name = format!("kn{}", std::process::id() % 100_000);
+    let id = d.docker(&["network", "create", "--label", "team=a", &name]);
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let ls = d.docker(&["network", "ls"]);
+    assert!(ls.contains(&name) && ls.contains("bridge"), "{ls}");
+    let filtered = d.docker(&["network", "ls", "-q", "--filter", "label=team=a"]);
+    assert_eq!(filtered.trim(), &id.trim()[..12], "{filtered}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.docker(&["network", "inspect", &name])).expect("inspect JSON");
+    assert_eq!(inspect[0]["Name"], name.as_str());
+    assert!(
+        inspect[0]["IPAM"]["Config"][0]["Subnet"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/24")),
+        "{inspect}"
+    );
+    let (_, e) = d.docker_expect(&["network", "create", &name], false);
+    assert!(e.contains("already exists"), "{e}");
+    let (_, e) = d.docker_expect(&["network", "rm", "bridge"], false);
+    assert!(e.contains("pre-defined network"), "{e}");
+    let rm = d.docker(&["network", "rm", &name]);
+    assert_eq!(rm.trim(), name);
+    let (_, e) = d.docker_expect(&["network", "inspect", &name], false);
+    assert!(e.contains("not found"), "{e}");
+}
+
+#[test]
+fn docker_push_and_pull_with_the_test_registry() {
+    let reg = crate::registry::TestRegistry::start(None);
+    let d = Daemon::start();
+    let ctx = multi_stage(&d);
+    let name = format!("{}/team/app:1", reg.addr);
+    d.docker(&["build", "-q", "-t", &name, ctx.to_str().expect("utf8")]);
+    let id = d.docker(&["image", "inspect", "-f", "{{.Id}}", &name]);
+    let pushed = d.docker(&["push", &name]);
+    assert!(
+        pushed.contains(&format!(
+            "The push refers to repository [{}/team/app]",
+            reg.addr
+        )),
+        "{pushed}"
+    );
+    assert!(pushed.contains("Pushed"), "{pushed}");
+    assert!(pushed.contains("1: digest: sha256:"), "{pushed}");
+    // Remove it locally (and its layers), then pull it back.
+    d.docker(&["rmi", &name]);
+    d.docker(&["image", "prune", "-a", "-f"]);
+    let pulled = d.docker(&["pull", &name]);
+    assert!(pulled.contains("Pull complete"), "{pulled}");
+    assert!(pulled.contains("Digest: sha256:"), "{pulled}");
+    assert!(pulled.trim_end().ends_with(&name), "{pulled}");
+    assert_eq!(d.docker(&["image", "inspect", "-f", "{{.Id}}", &name]), id);
+    // A build FROM an image only the registry has pulls it, as docker's builder does.
+    d.docker(&["rmi", &name]);
+    d.docker(&["image", "prune", "-a", "-f"]);
+    let from_reg =
+        d.k.context("from-reg", &format!("FROM {name}\nLABEL pulled=yes\n"), &[]);
+    let built = d.docker(&["build", "-t", "fromreg", from_reg.to_str().expect("utf8")]);
+    assert!(
+        built.contains("Successfully tagged fromreg:latest"),
+        "{built}"
+    );
+    let labels = d.docker(&["image", "inspect", "-f", "{{.Config.Labels}}", "fromreg"]);
+    assert!(
+        labels.contains("a:b") && labels.contains("pulled:yes"),
+        "{labels}"
+    );
+    let (_, e) = d.docker_expect(&["pull", &format!("{}/team/nope:1", reg.addr)], false);
+    assert!(e.contains("manifest unknown"), "{e}");
+    let (_, e) = d.docker_expect(&["push", &format!("{}/team/absent:1", reg.addr)], false);
+    assert!(e.contains("does not exist locally"), "{e}");
+}
+
+#[test]
+fn unix_socket_is_not_stolen_and_stale_ones_are_replaced() {
+    let d = Daemon::start();
+    // A second daemon on the same live socket is refused and leaves it alone.
+    let mut cmd = kiln(d.k.root.path());
+    cmd.args(["daemon", "-H", &format!("unix://{}", d.sock.display())]);
+    let out = run(cmd, None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another daemon is listening"),
+        "{}",
+        stderr(&out)
+    );
+    d.docker(&["version"]);
+    // A regular file where the socket should be is never replaced.
+    let file = d.k.work.path().join("not-a-socket");
+    std::fs::write(&file, "data").expect("file");
+    let mut cmd = kiln(d.k.root.path());
+    cmd.args(["daemon", "-H", &format!("unix://{}", file.display())]);
+    let out = run(cmd, None);
+    assert!(stderr(&out).contains("is not a socket"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), "data");
+    // A stale socket (nobody listening) is replaced.
+    let stale = d.k.work.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
+    let mut second = Daemon {
+        k: Kiln::new(),
+        child: None,
+        sock: stale.clone(),
+        cfg: tempfile::tempdir().expect("cfg"),
+    };
+    let mut cmd = kiln(second.k.root.path());
+    cmd.args(["daemon", "-H", &format!("unix://{}", stale.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    second.child = Some(cmd.spawn().expect("daemon"));
+    second.wait_ready();
+    let v = second.docker(&["version", "--format", "{{.Server.Version}}"]);
+    assert_eq!(v.trim(), env!("CARGO_PKG_VERSION"));
+    let (status, _) = second.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn docker_build_with_dockerfile_outside_the_context_or_on_stdin() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let ctx =
+        d.k.context("ctx", "FROM scratch\n", &[("hello.txt", "hello\n")]);
+    // -f outside the context: the CLI adds it to the context under a private name.
+    let outside = d.k.work.path().join("elsewhere.Dockerfile");
+    std::fs::write(&outside, format!("FROM {base}\nCOPY hello.txt /\n")).expect("Dockerfile");
+    let out = d.docker(&[
+        "build",
+        "-f",
+        outside.to_str().expect("utf8"),
+        "-t",
+        "outside",
+        ctx.to_str().expect("utf8"),
+    ]);
+    assert!(out.contains("Step 2/2 : COPY hello.txt /"), "{out}");
+    assert!(out.contains("Successfully tagged outside:latest"), "{out}");
+    // `docker build - < Dockerfile`: no context, the body is the Dockerfile itself.
+    let mut cmd = d.docker_cmd(&["build", "-t", "fromstdin", "-"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("docker build -");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        format!("FROM {base}\nRUN echo from-stdin\n").as_bytes(),
+    )
+    .expect("Dockerfile on stdin");
+    let out = child.wait_with_output().expect("docker build -");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("from-stdin"), "{text}");
+    assert!(
+        text.contains("Successfully tagged fromstdin:latest"),
+        "{text}"
+    );
+}
