@@ -305,7 +305,7 @@ impl Networks {
         let had_subnet = info.subnet.is_some();
         let set_up = ensure_bridge(&self.dir, &mut info, &others)?;
         if set_up && !had_subnet {
-            state::save(&self.dir, &info)?;
+            state::save_endpoints(&self.dir, &info)?;
         }
         let subnet = info
             .subnet
@@ -335,7 +335,7 @@ impl Networks {
         info.last_ip = Some(ip);
         info.endpoints
             .insert(req.container_id.clone(), record.clone());
-        state::save(&self.dir, &info)?;
+        state::save_endpoints(&self.dir, &info)?;
 
         let attached = (|| -> Result<(String, Vec<PortBinding>), NetworkError> {
             let bridge = info.bridge.clone().unwrap_or_default();
@@ -361,7 +361,7 @@ impl Networks {
                 record.interface = interface.clone();
                 record.ports = ports.clone();
                 info.endpoints.insert(req.container_id.clone(), record);
-                state::save(&self.dir, &info)?;
+                state::save_endpoints(&self.dir, &info)?;
                 Ok(Endpoint {
                     network: info.name.clone(),
                     network_id: info.id.clone(),
@@ -378,7 +378,7 @@ impl Networks {
             Err(e) => {
                 let _ = release_endpoint(&info, &record);
                 info.endpoints.remove(&req.container_id);
-                let _ = state::save(&self.dir, &info);
+                let _ = state::save_endpoints(&self.dir, &info);
                 Err(e)
             }
         }
@@ -417,7 +417,7 @@ impl Networks {
                 netns: req.netns.clone(),
             },
         );
-        state::save(&self.dir, &info)?;
+        state::save_endpoints(&self.dir, &info)?;
         Ok(Endpoint {
             network: info.name.clone(),
             network_id: info.id.clone(),
@@ -442,7 +442,7 @@ impl Networks {
         };
         release_endpoint(&info, &record)?;
         info.endpoints.remove(container_id);
-        state::save(&self.dir, &info)
+        state::save_endpoints(&self.dir, &info)
     }
 
     /// Disconnects a container from every network it is on (container stop/rm, and cleanup
@@ -457,7 +457,7 @@ impl Networks {
             match release_endpoint(&info, &record) {
                 Ok(()) => {
                     info.endpoints.remove(container_id);
-                    state::save(&self.dir, &info)?;
+                    state::save_endpoints(&self.dir, &info)?;
                 }
                 Err(e) => {
                     first_err.get_or_insert(e);
