@@ -300,6 +300,20 @@ pub fn prepare_for_export(
     manifest: &Digest,
     compression: LayerCompression,
 ) -> Result<ExportedImage> {
+    prepare_for_export_with(store, manifest, compression, &|_| {})
+}
+
+/// [`prepare_for_export`] that hands every blob of the result to `ready` as soon as it is in
+/// the store (the config and unchanged layers first, then each converted layer when it is
+/// committed, from the converting thread), so that a push can upload blobs while later layers
+/// are still being compressed. Every blob of the result is handed over exactly once (the
+/// same blob listed twice, once per listing); the manifest is not (it is made last).
+pub fn prepare_for_export_with(
+    store: &ImageStore,
+    manifest: &Digest,
+    compression: LayerCompression,
+    ready: &(dyn Fn(&Descriptor) + Sync),
+) -> Result<ExportedImage> {
     let lease = Leases::acquire(store.root(), &format!("export {manifest}"))?;
     // Recorded before reading: GC keeps the manifest and everything it references.
     lease.add(manifest)?;
@@ -345,6 +359,12 @@ pub fn prepare_for_export(
         }
     }
     super::layer_blob::ensure_image_except(store, &lease, manifest, &|i| sources[i].is_some())?;
+    ready(&image.manifest.config);
+    for (layer, step) in layers.iter().zip(&plan) {
+        if step.is_none() {
+            ready(layer);
+        }
+    }
     if plan.iter().all(Option::is_none) {
         tracing::debug!(%manifest, "no layer changes: shipping the stored manifest");
         return Ok(ExportedImage {
@@ -372,9 +392,11 @@ pub fn prepare_for_export(
         .map(|(index, (layer, step))| match (step, &sources[index]) {
             (Some((_, to)), Some(source)) => {
                 compress_snapshot(store, &lease, index, layer, source, *to, &diff_ids[index])
+                    .inspect(|d| ready(d))
             }
             (Some((from, to)), None) => {
                 convert_layer(store, &lease, index, layer, *from, *to, &diff_ids[index])
+                    .inspect(|d| ready(d))
             }
             (None, _) => {
                 let mut kept = layer.clone();
