@@ -17,6 +17,7 @@ use tokio::io::AsyncReadExt;
 use super::client::{retry, runtime, Registry, RegistryError, RegistrySettings, Result};
 use super::progress::Progress;
 use super::sources::BlobSources;
+use super::stream::Streams;
 use crate::cache::export::{prepare_for_export_with, LayerCompression};
 use crate::cache::image::Descriptor;
 use crate::cache::store::ImageStore;
@@ -52,28 +53,49 @@ pub fn push(
     opts: &PushOptions<'_>,
 ) -> Result<Pushed> {
     let rt = runtime()?;
-    // Blobs are uploaded as soon as they are ready (while later layers still compress), and
-    // the connection is set up while the first layers compress.
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Descriptor>();
+    let shown = target.to_string();
+    // Blobs are uploaded as soon as they are ready (while later layers still compress);
+    // compressed layers are even streamed while they compress (see `super::stream`); the
+    // connection is set up meanwhile.
+    let streams = &Streams::new(&target.path, &shown, rt.handle().clone());
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Option<usize>, Descriptor)>();
     let (exported, pushed) = std::thread::scope(|scope| {
         let preparing = scope.spawn(move || {
-            prepare_for_export_with(store, manifest, opts.compression, &|d: &Descriptor| {
-                // The receiver is gone only when the upload failed: the error is reported there.
-                let _ = ready_tx.send(d.clone());
-            })
+            prepare_for_export_with(
+                store,
+                manifest,
+                opts.compression,
+                &|index, d| {
+                    // The receiver is gone only when the upload failed: reported there.
+                    let _ = ready_tx.send((index, d.clone()));
+                },
+                &|index| streams.mirror(index),
+            )
         });
         let uploaded = rt.block_on(async {
             let registry = Registry::connect(&target.domain, opts.settings).await?;
+            streams.connected(&registry);
             opts.progress.message(&format!(
                 "The push refers to repository [{}]",
                 target.repository()
             ));
             let ready = futures_util::stream::poll_fn(|cx| ready_rx.poll_recv(cx));
-            upload_stream(&registry, store, target, ready, opts.progress).await?;
+            upload_stream(
+                &registry,
+                store,
+                target,
+                ready,
+                Some(streams),
+                opts.progress,
+            )
+            .await?;
             Ok::<_, RegistryError>(registry)
         });
-        // Stop handing over blobs if the upload failed (the export still finishes).
+        // Stop handing over blobs and streaming if the upload failed (the export still
+        // finishes; after a success it has finished).
         ready_rx.close();
+        streams.stop();
         let exported = preparing
             .join()
             .unwrap_or_else(|e| std::panic::resume_unwind(e))?;
@@ -84,7 +106,7 @@ pub fn push(
             target,
             &bytes,
             &exported.manifest.media_type,
-            &target.to_string(),
+            &shown,
         ))?;
         Ok::<_, RegistryError>((exported, pushed))
     })?;
@@ -112,24 +134,32 @@ pub(crate) async fn upload_all(
     blobs: &[Descriptor],
     progress: &dyn Progress,
 ) -> Result<()> {
-    let blobs = futures_util::stream::iter(blobs.iter().cloned());
-    upload_stream(registry, store, target, blobs, progress).await
+    let blobs = futures_util::stream::iter(blobs.iter().map(|b| (None, b.clone())));
+    upload_stream(registry, store, target, blobs, None, progress).await
 }
 
-/// Uploads the blobs of `blobs` as they come, 4 at a time, and records that the repository
-/// holds them.
+/// Uploads the blobs of `blobs` (with their layer index) as they come, 4 at a time, and
+/// records that the repository holds them. A layer that was streamed while it compressed
+/// only needs its upload committed.
 async fn upload_stream(
     registry: &Registry,
     store: &ImageStore,
     target: &Reference,
-    blobs: impl futures_util::Stream<Item = Descriptor>,
+    blobs: impl futures_util::Stream<Item = (Option<usize>, Descriptor)>,
+    streams: Option<&Streams>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let shown = &target.to_string();
     let sources = &BlobSources::open(store.root());
     let pushed: Vec<Digest> = blobs
-        .map(|b| async move {
+        .map(|(index, b)| async move {
             progress.start(&b.digest, b.size, "Preparing");
+            if let (Some(index), Some(streams)) = (index, streams) {
+                if streams.finish(index, &b).await {
+                    progress.status(&b.digest, "Pushed");
+                    return Ok(b.digest);
+                }
+            }
             upload_blob(registry, store, target, &b, sources, progress, shown).await?;
             Ok::<_, RegistryError>(b.digest)
         })
