@@ -9,13 +9,13 @@
 #        BENCH_SCRATCH=/dev/shm bench/push.sh   puts the registry's storage, the build context
 #        and the pushing store there (a tmpfs when the disk is short of the ~2.5 GB the run
 #        needs); the pulled store and the write reference stay on /var/tmp's disk.
-#        BENCH_ONLY_KILN=1 skips skopeo and buildah.
+#        BENCH_ONLY_KILN=1 skips skopeo and buildah; BENCH_DIR=DIR runs everything in DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # KILN_BIN=path runs another kiln binary (e.g. an older build, for before/after figures).
 kiln=${KILN_BIN:-$PWD/target/release/kiln}
 [ -n "${KILN_BIN:-}" ] || cargo build --release -q
-work=$(mktemp -d /var/tmp/kiln-push-bench.XXXXXX)
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/kiln-push-bench.XXXXXX")
 scratch=$work
 [ -n "${BENCH_SCRATCH:-}" ] && scratch=$(mktemp -d "$BENCH_SCRATCH/kiln-push-bench.XXXXXX")
 reg_pid=""
