@@ -188,14 +188,24 @@ pub fn teardown(root: &Path, c: &Container) {
         return;
     }
     // The namespace first: with no process left in it, the kernel destroys it (and the
-    // container's veth with it) in the background, so the release below rarely has to wait
-    // for a veth deletion itself.
-    if let Err(e) = netns::remove(&netns_path(root, c)) {
-        tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
-    }
+    // container's veth with it) in the background, so the release does not delete the veth
+    // itself (that waits ~20 ms for the kernel). If the namespace cannot be removed, the
+    // release deletes the veth.
+    let netns_gone = match netns::remove(&netns_path(root, c)) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
+            false
+        }
+    };
     match Networks::open(root) {
         Ok(n) => {
-            if let Err(e) = n.release_container(&c.config.id) {
+            let released = if netns_gone {
+                n.release_container_netns_gone(&c.config.id)
+            } else {
+                n.release_container(&c.config.id)
+            };
+            if let Err(e) = released {
                 tracing::warn!(container = c.short_id(), error = %e, "cannot release the network");
             }
         }
