@@ -808,3 +808,46 @@ fn docker_build_with_dockerfile_outside_the_context_or_on_stdin() {
         "{text}"
     );
 }
+
+#[test]
+fn docker_login_then_push_to_a_registry_with_basic_auth() {
+    let reg = crate::registry::TestRegistry::start(Some(("kiln", "s3cret")));
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("{}/private/app:1", reg.addr);
+    d.docker(&["tag", base, &name]);
+    let (_, e) = d.docker_expect(&["push", &name], false);
+    assert!(
+        e.contains("requires authentication") || e.contains("401"),
+        "{e}"
+    );
+    let mut login = d.docker_cmd(&["login", &reg.addr, "-u", "kiln", "--password-stdin"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("docker login");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"wrong\n").expect("stdin");
+    let out = child.wait_with_output().expect("docker login");
+    assert!(!out.status.success(), "a wrong password logged in");
+    let mut login = d.docker_cmd(&["login", &reg.addr, "-u", "kiln", "--password-stdin"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("docker login");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"s3cret\n").expect("stdin");
+    let out = child.wait_with_output().expect("docker login");
+    assert!(
+        stdout(&out).contains("Login Succeeded"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // The CLI keeps the credentials and sends them with the push (X-Registry-Auth).
+    let pushed = d.docker(&["push", &name]);
+    assert!(pushed.contains("1: digest: sha256:"), "{pushed}");
+    d.docker(&["rmi", &name]);
+    let pulled = d.docker(&["pull", &name]);
+    assert!(pulled.contains("Digest: sha256:"), "{pulled}");
+}

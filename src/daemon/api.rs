@@ -120,6 +120,7 @@ async fn dispatch(
         (Method::GET, "/images/get") => images::save(&state, query.all("names")).await,
         (Method::POST, "/images/load") => images::load(&state, &query, req).await,
         (Method::POST, "/images/create") => registry::pull(&state, &query, req).await,
+        (Method::POST, "/auth") => registry::auth(req).await,
         (Method::POST, "/build") => build::build(&state, &query, req).await,
         (Method::POST, "/build/prune") => build::prune(&state, &query).await,
         (Method::GET, "/networks") => networks::list(&state, &query).await,
