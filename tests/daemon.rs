@@ -641,6 +641,28 @@ fn kiln_client_mode_goes_through_the_api() {
         stderr(&out)
     );
 
+    // Networks through the API print what in-process commands print.
+    let net = format!("kc{}", std::process::id() % 100_000);
+    let out = client(&["network", "create", "--subnet", "10.213.7.0/24", &net]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    assert_eq!(
+        stdout(&client(&["network", "ls"])),
+        d.k.ok(&["network", "ls"])
+    );
+    assert_eq!(
+        stdout(&client(&["network", "inspect", &net])),
+        d.k.ok(&["network", "inspect", &net])
+    );
+    let out = client(&["network", "rm", &net, "nope"]);
+    assert_eq!(stdout(&out), format!("{net}\n"));
+    assert!(
+        stderr(&out).contains("kiln: error: network nope not found"),
+        "{}",
+        stderr(&out)
+    );
+
     // DOCKER_HOST naming a kiln daemon is used too.
     let mut c = kiln(d.k.work.path().join("client-root").as_path());
     c.env("DOCKER_HOST", &host)
