@@ -872,4 +872,18 @@ fn docker_login_then_push_to_a_registry_with_basic_auth() {
     d.docker(&["rmi", &name]);
     let pulled = d.docker(&["pull", &name]);
     assert!(pulled.contains("Digest: sha256:"), "{pulled}");
+    // A build FROM the private image pulls it with the credentials the CLI sends along
+    // (X-Registry-Config); the daemon itself has none.
+    d.docker(&["rmi", &name]);
+    d.docker(&["image", "prune", "-a", "-f"]);
+    let ctx = d.k.context(
+        "private-from",
+        &format!("FROM {name}\nLABEL from=private\n"),
+        &[],
+    );
+    let built = d.docker(&["build", "-t", "fromprivate", ctx.to_str().expect("utf8")]);
+    assert!(
+        built.contains("Successfully tagged fromprivate:latest"),
+        "{built}"
+    );
 }

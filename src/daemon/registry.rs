@@ -88,6 +88,83 @@ fn error_line(message: &str) -> Chunk {
     json_line(&json!({"errorDetail": {"message": message}, "error": message}))
 }
 
+/// Decodes a base64url JSON header (`X-Registry-Auth`, `X-Registry-Config`).
+fn decode_header(header: &str, name: &str) -> ApiResult<Value> {
+    let mut std_b64: String = header
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !std_b64.len().is_multiple_of(4) {
+        std_b64.push('=');
+    }
+    base64::decode(&std_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("invalid {name} header")))
+}
+
+/// One AuthConfig (`{username, password | identitytoken}`) as credentials, if it has any.
+fn credentials_of(auth: &Value) -> Option<Credentials> {
+    let user = auth["username"].as_str().unwrap_or_default();
+    match (auth["identitytoken"].as_str(), auth["password"].as_str()) {
+        (Some(t), _) if !t.is_empty() => Some(Credentials::identity_token(user, t)),
+        (_, Some(p)) if !user.is_empty() => Some(Credentials::basic(user, p)),
+        _ => None,
+    }
+}
+
+/// Registry settings for a build: the daemon's, with every registry's credentials from the
+/// client's `X-Registry-Config` (base64url JSON `{registry: AuthConfig}`) in a private
+/// docker config.
+pub fn settings_for_build(
+    req: &Request<Incoming>,
+) -> ApiResult<(RegistrySettings, Option<tempfile::TempDir>)> {
+    let mut settings = RegistrySettings::load(&[])
+        .map_err(|e| ApiError::internal(format!("registry settings: {e}")))?;
+    let Some(header) = req
+        .headers()
+        .get("X-Registry-Config")
+        .and_then(|h| h.to_str().ok())
+    else {
+        return Ok((settings, None));
+    };
+    let configs = decode_header(header, "X-Registry-Config")?;
+    let entries: Vec<(String, Credentials)> = configs
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(registry, auth)| {
+                    let host = crate::push::credentials::convert_to_hostname(registry);
+                    let host = match host {
+                        "index.docker.io" | "registry-1.docker.io" => {
+                            crate::reference::DEFAULT_DOMAIN
+                        }
+                        h => h,
+                    };
+                    credentials_of(auth).map(|c| (host.to_string(), c))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if entries.is_empty() {
+        return Ok((settings, None));
+    }
+    let dir = tempfile::tempdir()
+        .map_err(|e| ApiError::internal(format!("temporary credentials dir: {e}")))?;
+    let config = DockerConfig::new(dir.path());
+    for (host, creds) in &entries {
+        config
+            .store(host, creds)
+            .map_err(|e| ApiError::internal(format!("storing the request's credentials: {e}")))?;
+    }
+    settings.docker_config = Some(dir.path().to_path_buf());
+    Ok((settings, Some(dir)))
+}
+
 /// Registry settings for one request: the daemon's, with the client's credentials from
 /// `X-Registry-Auth` (base64url JSON `{username, password | identitytoken, serveraddress}`)
 /// in a private docker config when given.
@@ -104,26 +181,9 @@ fn settings_for(
     else {
         return Ok((settings, None));
     };
-    let mut std_b64: String = header
-        .trim()
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    while !std_b64.len().is_multiple_of(4) {
-        std_b64.push('=');
-    }
-    let auth: Value = base64::decode(&std_b64)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| ApiError::bad_request("invalid X-Registry-Auth header"))?;
-    let user = auth["username"].as_str().unwrap_or_default();
-    let creds = match (auth["identitytoken"].as_str(), auth["password"].as_str()) {
-        (Some(t), _) if !t.is_empty() => Credentials::identity_token(user, t),
-        (_, Some(p)) if !user.is_empty() => Credentials::basic(user, p),
-        _ => return Ok((settings, None)),
+    let auth = decode_header(header, "X-Registry-Auth")?;
+    let Some(creds) = credentials_of(&auth) else {
+        return Ok((settings, None));
     };
     let dir = tempfile::tempdir()
         .map_err(|e| ApiError::internal(format!("temporary credentials dir: {e}")))?;
