@@ -954,3 +954,39 @@ fn pull_fails_clearly_and_stores_nothing_partial() {
     assert!(err.contains("connection ended after"), "{err}");
     assert!(ingest_files(d.root.path()).is_empty());
 }
+
+#[test]
+fn run_pulls_a_missing_image() {
+    let reg = TestRegistry::start(None);
+    let dc = tempfile::tempdir().unwrap();
+    let a = Kiln::new();
+    let image = format!("{}/run/busybox:test", reg.addr);
+    a.busybox();
+    ok(&a, dc.path(), &["tag", "busybox:test", &image]);
+    ok(&a, dc.path(), &["push", &image]);
+    // An empty store: run pulls the image first, as docker does.
+    let b = Kiln::new();
+    let out = k(
+        &b,
+        dc.path(),
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &image,
+            "sh",
+            "-c",
+            "echo pulled and ran",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "pulled and ran\n");
+    assert!(
+        stderr(&out).contains("Unable to find image"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(ok(&b, dc.path(), &["images"]).contains("run/busybox"));
+}

@@ -143,6 +143,7 @@ fn config(rootfs: &Path, script: &str) -> SandboxConfig {
         insecure: false,
         no_new_privileges: false,
         stdin: None,
+        container: Default::default(),
     }
 }
 

@@ -6,6 +6,7 @@ mod util;
 mod build;
 mod check_cli;
 mod conformance;
+mod container;
 mod daemon;
 mod golden;
 mod images_cli;

@@ -197,6 +197,18 @@ pub trait Snapshotter: Send + Sync {
     /// Every committed snapshot with its parent and size on disk.
     fn list(&self) -> Result<Vec<SnapshotInfo>, SnapshotError>;
 
+    /// For a long-lived rootfs mounted by someone else (a container): the overlay mount
+    /// options stacking `upper`/`work` on snapshot `id`'s chain. `None` when this snapshotter
+    /// keeps full copies (the caller then copies a [`Snapshotter::view`] instead).
+    fn overlay_options(
+        &self,
+        _id: Option<&Digest>,
+        _upper: &Path,
+        _work: &Path,
+    ) -> Result<Option<String>, SnapshotError> {
+        Ok(None)
+    }
+
     /// The directory holding exactly snapshot `id`'s own layer, in overlay upper format
     /// (overlay snapshotter), from which [`super::layer::write_layer`] regenerates the
     /// layer's tar byte for byte. `None` when the snapshot does not exist or snapshots hold
@@ -1047,6 +1059,42 @@ impl Snapshotter for OverlaySnapshotter {
 
     fn list(&self) -> Result<Vec<SnapshotInfo>> {
         self.store.list()
+    }
+
+    fn overlay_options(
+        &self,
+        id: Option<&Digest>,
+        upper: &Path,
+        work: &Path,
+    ) -> Result<Option<String>> {
+        let mut lowers: Vec<PathBuf> = {
+            let _lock = self.store.lock(false)?;
+            match id {
+                Some(id) if !self.store.exists(id) => {
+                    return Err(SnapshotError::NotFound { id: id.clone() })
+                }
+                Some(id) => self.store.chain(id)?,
+                None => Vec::new(),
+            }
+            .iter()
+            .map(|d| self.store.fs_dir(d))
+            .collect()
+        };
+        if lowers.is_empty() {
+            // overlayfs needs a lower directory: an empty one next to the upper.
+            let empty = upper.with_file_name("empty");
+            fs::create_dir_all(&empty).map_err(io_err("creating directory", &empty))?;
+            lowers.push(empty);
+        }
+        let (data, fds) = overlay_data(&lowers, Some((upper, work)), &ACTIVE_EXTRA_OPTIONS)?;
+        if !fds.is_empty() {
+            return Err(SnapshotError::MountOptionsTooLong {
+                layers: lowers.len(),
+                len: data.len(),
+                limit: MOUNT_DATA_LIMIT,
+            });
+        }
+        Ok(Some(data))
     }
 }
 

@@ -171,6 +171,22 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
         },
         Command::System { .. } => not_yet("system"),
         Command::Network { command } => super::network::run_with(command, &api),
+        Command::Run(_)
+        | Command::Create(_)
+        | Command::Start(_)
+        | Command::Stop(_)
+        | Command::Kill(_)
+        | Command::Restart(_)
+        | Command::Rm(_)
+        | Command::Ps(_)
+        | Command::Logs(_)
+        | Command::Exec(_)
+        | Command::Wait(_)
+        | Command::Inspect(_)
+        | Command::Port(_)
+        | Command::Cp(_)
+        | Command::Container { .. } => not_yet("run/container"),
+        Command::Volume { .. } => not_yet("volume"),
         Command::Pull(args) => pull(&api, args),
         Command::Push(args) => push(&api, args),
         // Credentials belong to the client's user: login/logout stay local.

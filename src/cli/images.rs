@@ -317,9 +317,9 @@ pub fn rmi(args: &RmiArgs, engine: &Engine) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Images containers use (none until containers exist in this build).
-pub fn images_in_use(_engine: &Engine) -> anyhow::Result<crate::engine::images::InUse> {
-    Ok(Default::default())
+/// Images containers (running or not) use: image ID → a container's ID.
+pub fn images_in_use(engine: &Engine) -> anyhow::Result<crate::engine::images::InUse> {
+    Ok(crate::run::state::Containers::open(&engine.root)?.images_in_use()?)
 }
 
 /// Removes blobs and snapshots no image needs any more. Returns bytes reclaimed.

@@ -6,6 +6,7 @@ mod build;
 mod builder;
 mod check;
 mod client;
+mod container;
 mod daemon;
 mod engine;
 mod format;
@@ -14,6 +15,7 @@ mod network;
 mod progress;
 mod registry;
 mod system;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,6 +103,44 @@ pub enum Command {
         #[command(subcommand)]
         command: SystemCommand,
     },
+    /// Create and run a new container from an image.
+    Run(Box<container::RunArgs>),
+    /// Create a new container.
+    Create(Box<container::CreateArgs>),
+    /// Start one or more stopped containers.
+    Start(container::StartArgs),
+    /// Stop one or more running containers.
+    Stop(container::StopArgs),
+    /// Kill one or more running containers.
+    Kill(container::KillArgs),
+    /// Restart one or more containers.
+    Restart(container::StopArgs),
+    /// Remove one or more containers.
+    Rm(container::RmArgs),
+    /// List containers.
+    Ps(container::PsArgs),
+    /// Fetch the logs of a container.
+    Logs(container::LogsArgs),
+    /// Execute a command in a running container.
+    Exec(container::ExecArgs),
+    /// Block until one or more containers stop, then print their exit codes.
+    Wait(container::ContainersArgs),
+    /// Display detailed information on one or more containers.
+    Inspect(container::InspectArgs),
+    /// List port mappings of a container.
+    Port(container::PortArgs),
+    /// Copy files between a container and the host.
+    Cp(container::CpArgs),
+    /// Manage containers.
+    Container {
+        #[command(subcommand)]
+        command: Box<container::ContainerCommand>,
+    },
+    /// Manage volumes.
+    Volume {
+        #[command(subcommand)]
+        command: volume::VolumeCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +165,8 @@ pub enum Outcome {
     Success,
     /// The command ran, and found problems (exit code 1).
     Problems,
+    /// This exit code (a container's, or docker's 125/126/127).
+    Exit(u8),
 }
 
 fn init_logging(debug: bool) {
@@ -147,6 +189,9 @@ pub fn main() -> ExitCode {
     if argv.get(1).map(String::as_str) == Some("__sandbox") {
         crate::executor::sandbox::child_main(&argv[2..]);
     }
+    if argv.get(1).map(String::as_str) == Some(crate::run::monitor::MONITOR_ARG) {
+        crate::run::monitor::monitor_main(&argv[2..]);
+    }
     let cli = Cli::parse();
     init_logging(cli.debug);
     tracing::debug!(root = %cli.root.display(), "starting");
@@ -154,6 +199,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             if is_broken_pipe(&e) {
                 return ExitCode::SUCCESS;
@@ -202,6 +248,22 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::System { command } => match command {
             SystemCommand::Df => system::df(&engine()?),
         },
+        Command::Run(a) => container::run(a, &cli.root),
+        Command::Create(a) => container::create_cmd(a, &cli.root),
+        Command::Start(a) => container::start(a, &cli.root),
+        Command::Stop(a) => container::stop(a, &cli.root),
+        Command::Kill(a) => container::kill(a, &cli.root),
+        Command::Restart(a) => container::restart(a, &cli.root),
+        Command::Rm(a) => container::rm(a, &cli.root),
+        Command::Ps(a) => container::ps(a, &cli.root),
+        Command::Logs(a) => container::logs_cmd(a, &cli.root),
+        Command::Exec(a) => container::exec_cmd(a, &cli.root),
+        Command::Wait(a) => container::wait(a, &cli.root),
+        Command::Inspect(a) => container::inspect(a, &cli.root),
+        Command::Port(a) => container::port(a, &cli.root),
+        Command::Cp(a) => container::cp(a, &cli.root),
+        Command::Container { command } => container::dispatch(command, &cli.root),
+        Command::Volume { command } => volume::dispatch(command, &cli.root),
     }
 }
 

@@ -386,6 +386,7 @@ pub fn run(
         // The RUN issue asks for no-new-privileges in build steps.
         no_new_privileges: true,
         stdin: None,
+        container: Default::default(),
     };
     let mut tail: VecDeque<String> = VecDeque::with_capacity(TAIL_LINES);
     let mut partial = [String::new(), String::new()];

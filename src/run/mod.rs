@@ -1,3 +1,77 @@
-//! Running containers (`kiln run`): networking so far.
+//! Running finished images as containers (`kiln run`, `create`, `start`, `ps`, `logs`, `stop`,
+//! `exec`, …), the way docker does, without a daemon.
+//!
+//! A container is a directory under `ROOT/containers/<id>` ([`state`]): its configuration
+//! (fixed at create), its state (rewritten atomically at every transition), its writable
+//! layer (`upper`/`work` of an overlay on the image's snapshot chain, mounted by the sandbox
+//! inside the container's own mount namespace, so nothing stays mounted when it dies), its
+//! `/etc` files and its json-file log. Processes run in the sandbox of
+//! [`crate::executor::sandbox`]. A [`monitor`] (the CLI itself for attached runs, a re-exec'd
+//! `kiln __monitor` for detached ones) supervises each run: it holds `running.lock` for as
+//! long as the container runs, writes the logs, records the exit and OOM kills, applies the
+//! restart policy and runs health checks. A crashed monitor releases the lock and takes the
+//! container down with it (parent-death signals), so [`state::Container::state`] always
+//! reports the truth: a "running" state without a lock holder is an exit (255).
 
+pub mod cgroups;
+pub mod container;
+pub mod create;
+pub mod exec;
+pub mod logs;
+pub mod monitor;
+pub mod net;
 pub mod network;
+pub mod rootfs;
+pub mod state;
+pub mod volume;
+
+use std::path::PathBuf;
+
+/// Errors of running containers.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("No such container: {0}")]
+    NoSuchContainer(String),
+    #[error("No such volume: {0}")]
+    NoSuchVolume(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("image {0}")]
+    Image(String),
+    #[error("container {id}: {message}")]
+    Container { id: String, message: String },
+    #[error(transparent)]
+    Sandbox(#[from] crate::executor::sandbox::SandboxError),
+    #[error("snapshots: {0}")]
+    Snapshot(#[from] crate::cache::snapshot::SnapshotError),
+    #[error("cgroup {}: {source}", path.display())]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("network: {0}")]
+    Network(String),
+}
+
+pub type Result<T> = std::result::Result<T, RunError>;
+
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> RunError + 'a {
+    move |source| RunError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}

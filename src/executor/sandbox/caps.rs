@@ -51,6 +51,61 @@ pub fn default_mask() -> u64 {
     DEFAULT_CAPS.iter().fold(0, |m, c| m | (1u64 << c))
 }
 
+/// Every capability name, by number (`linux/capability.h`).
+pub const CAP_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// A `--cap-add`/`--cap-drop` word (`NET_ADMIN`, `cap_net_admin`, `ALL`) as a mask.
+pub fn parse_cap(word: &str) -> Option<u64> {
+    let upper = word.to_ascii_uppercase();
+    let name = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    if name == "ALL" {
+        return Some(u64::MAX);
+    }
+    CAP_NAMES.iter().position(|n| *n == name).map(|i| 1u64 << i)
+}
+
 /// The three sets `capset(2)` takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CapSets {
@@ -94,6 +149,20 @@ impl CapPlan {
             },
             ambient: 0,
         }
+    }
+
+    /// `--cap-add` / `--cap-drop` (masks; `ALL` is every bit) on top of this plan, limited to
+    /// what the host grants.
+    pub fn adjusted(mut self, add: u64, drop: u64, available: u64, uid: u32) -> CapPlan {
+        if add == 0 && drop == 0 {
+            return self;
+        }
+        let caps = ((self.bounding & !drop) | add) & available;
+        let granted = if uid == 0 { caps } else { 0 };
+        self.bounding = caps;
+        self.sets.effective = granted;
+        self.sets.permitted = granted;
+        self
     }
 
     /// Whether permitted capabilities must survive the switch to a non-root uid.
@@ -224,6 +293,23 @@ mod tests {
         // A host that withholds a default capability cannot hand it out.
         let limited = CapPlan::new(false, 0, all & !(1 << CAP_NET_RAW));
         assert_eq!(limited.bounding & (1 << CAP_NET_RAW), 0);
+    }
+
+    #[test]
+    fn cap_add_and_drop() {
+        let all = 0x1ff_ffff_ffff;
+        let net_admin = parse_cap("NET_ADMIN").unwrap();
+        assert_eq!(net_admin, 1 << 12);
+        assert_eq!(parse_cap("cap_chown"), Some(1));
+        assert_eq!(parse_cap("nope"), None);
+        let only = CapPlan::new(false, 0, all).adjusted(net_admin, u64::MAX, all, 0);
+        assert_eq!(only.bounding, net_admin);
+        assert_eq!(only.sets.effective, net_admin);
+        let everything = CapPlan::new(false, 0, all).adjusted(u64::MAX, 0, all, 0);
+        assert_eq!(everything.bounding, all);
+        let no_chown = CapPlan::new(false, 1000, all).adjusted(0, 1, all, 1000);
+        assert_eq!(no_chown.bounding, default_mask() & !1);
+        assert_eq!(no_chown.sets.permitted, 0);
     }
 
     #[test]

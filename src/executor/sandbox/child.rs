@@ -20,6 +20,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::libc;
+use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -163,6 +164,26 @@ pub fn child_main(args: &[String]) -> ! {
         Ok(p) => p,
         Err(e) => reporter.fail(Failure::step("create a pipe", e)),
     };
+    // Moving a process into a cgroup waits for an RCU grace period (~10 ms): we do it for
+    // the child while it sets its mounts up, and tell it on this pipe when it is done.
+    let in_cgroups = !spec.run.cgroup_procs.is_empty() && spec.run.join_pid.is_none();
+    let (cgroup_r, cgroup_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => reporter.fail(Failure::step("create a pipe", e)),
+    };
+    // Opened now: the child's pivot_root also moves our root (same mount namespace).
+    let mut procs_files = Vec::new();
+    if in_cgroups {
+        for procs in &spec.run.cgroup_procs {
+            match std::fs::OpenOptions::new().write(true).open(procs) {
+                Ok(f) => procs_files.push((procs.clone(), f)),
+                Err(e) => reporter.fail(Failure::step(
+                    format!("open {}", procs.display()),
+                    mounts::io_errno(&e),
+                )),
+            }
+        }
+    }
     // SAFETY: this process is single-threaded (checked above), so the child may run any code.
     match unsafe { nix::unistd::fork() } {
         Err(e) => reporter.fail(Failure::step("fork", e)),
@@ -171,10 +192,29 @@ pub fn child_main(args: &[String]) -> ! {
                 reporter.fail(Failure::step("unblock signals", e));
             }
             drop(lifeline_w);
+            drop(cgroup_w);
             let mut report = |r: &Report| reporter.send(r);
-            let result = container_init(&sys, &spec, host_caps, &mut report, || {
-                helper_alive(lifeline_r.as_raw_fd())
-            });
+            let cgroups_joined = || {
+                if !in_cgroups {
+                    return true;
+                }
+                let mut byte = [0u8; 1];
+                loop {
+                    match nix::unistd::read(&cgroup_r, &mut byte) {
+                        Ok(1) => return true,
+                        Err(Errno::EINTR) => continue,
+                        _ => return false,
+                    }
+                }
+            };
+            let result = container_init(
+                &sys,
+                &spec,
+                host_caps,
+                &mut report,
+                || helper_alive(lifeline_r.as_raw_fd()),
+                cgroups_joined,
+            );
             match result {
                 Err(f) => reporter.fail(f),
                 // Only a recording double returns from execve.
@@ -183,6 +223,53 @@ pub fn child_main(args: &[String]) -> ! {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(lifeline_r);
+            drop(cgroup_r);
+            reporter.send(&Report::Started {
+                pid: child.as_raw(),
+            });
+            if in_cgroups {
+                let pid = child.as_raw().to_string();
+                let joined = procs_files.iter_mut().try_for_each(|(procs, f)| {
+                    use std::io::Write;
+                    f.write_all(pid.as_bytes()).map_err(|e| {
+                        Failure::step(
+                            format!("move the container into {}", procs.display()),
+                            mounts::io_errno(&e),
+                        )
+                    })
+                });
+                match joined {
+                    Ok(()) => {
+                        let _ = nix::unistd::write(&cgroup_w, b"j");
+                    }
+                    Err(f) => {
+                        reporter.send(&Report::Failed { failure: f });
+                        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+                    }
+                }
+            }
+            drop(cgroup_w);
+            // Our stdio copies would keep the caller's output pipes open until our own exit
+            // (which waits for the namespaces' teardown): only the container holds them.
+            if let Ok(null) = nix::fcntl::open(
+                "/dev/null",
+                nix::fcntl::OFlag::O_RDWR,
+                nix::sys::stat::Mode::empty(),
+            ) {
+                for fd in 0..3 {
+                    // SAFETY: dup2 onto our own standard descriptors.
+                    unsafe {
+                        libc::dup2(null.as_raw_fd(), fd);
+                    }
+                }
+            }
+            for fd in [spec.run.exec_fd, spec.run.console_fd]
+                .into_iter()
+                .flatten()
+            {
+                // Only the container process keeps them (until its execve).
+                let _ = nix::unistd::close(fd);
+            }
             let (code, signal) = wait_for(child, &signals);
             reporter.send(&Report::Exited { code, signal });
             drop(lifeline_w);
@@ -236,6 +323,30 @@ fn wait_for(child: Pid, signals: &SigSet) -> (i32, Option<i32>) {
 /// The helper's own step: new mount, UTS, IPC and pid namespaces, and a network namespace
 /// unless the host's is shared.
 pub fn helper_setup(sys: &dyn Syscall, spec: &ChildSpec) -> Result<(), Failure> {
+    if let Some(pid) = spec.run.join_pid {
+        // `exec`: into the container's cgroups first (the host paths vanish with its mount
+        // namespace), then its namespaces, the mount namespace last.
+        for procs in &spec.run.cgroup_procs {
+            sys.write_file(procs, "0")
+                .map_err(|e| Failure::step(format!("join cgroup {}", procs.display()), e))?;
+        }
+        for (ns, flag) in [
+            ("ipc", CloneFlags::CLONE_NEWIPC),
+            ("uts", CloneFlags::CLONE_NEWUTS),
+            ("net", CloneFlags::CLONE_NEWNET),
+            ("pid", CloneFlags::CLONE_NEWPID),
+            ("mnt", CloneFlags::CLONE_NEWNS),
+        ] {
+            let path = format!("/proc/{pid}/ns/{ns}");
+            sys.setns(Path::new(&path), flag)
+                .map_err(|e| Failure::step(format!("join {path}"), e))?;
+        }
+        return Ok(());
+    }
+    if let SandboxNetwork::Join(path) = &spec.network {
+        sys.setns(path, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Failure::step(format!("join network namespace {}", path.display()), e))?;
+    }
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -255,17 +366,25 @@ pub fn container_init(
     host: HostCaps,
     report: &mut dyn FnMut(&Report),
     helper_alive: impl Fn() -> bool,
+    cgroups_joined: impl Fn() -> bool,
 ) -> Result<(), Failure> {
     sys.set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| Failure::step("set the parent-death signal", e))?;
     if !helper_alive() {
         return Err(Failure::invalid("the sandbox helper is gone"));
     }
+    if spec.run.join_pid.is_some() {
+        let command = resolve_command(Path::new("/"), spec)?;
+        setup_console(spec)?;
+        sys.chdir(Path::new(&spec.cwd))
+            .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
+        return secure_and_exec(sys, spec, host, &command);
+    }
     sys.umask(0);
 
     let root = spec.rootfs.as_path();
     let mut setup = RootfsSetup::new(sys, root, report);
-    setup.prepare_root()?;
+    setup.prepare_root(spec.run.overlay.as_deref())?;
     setup.ensure(&spec.cwd, Kind::Dir, Some((spec.uid, spec.gid)))?;
     setup.mount_proc()?;
     setup.mount_dev(spec.insecure)?;
@@ -278,12 +397,117 @@ pub fn container_init(
     if !spec.insecure {
         mounts::mask_paths(sys)?;
     }
+    if spec.run.readonly_rootfs {
+        sys.mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+            None,
+        )
+        .map_err(|e| Failure::step("remount the root read-only", e))?;
+    }
     sys.sethostname(&spec.hostname)
         .map_err(|e| Failure::step("set the hostname", e))?;
     sys.chdir(Path::new(&spec.cwd))
         .map_err(|e| Failure::step(format!("chdir to {}", spec.cwd), e))?;
+    setup_console(spec)?;
+    // The helper has moved us into the container's cgroups before anything of the command
+    // runs.
+    if !cgroups_joined() {
+        return Err(Failure::invalid(
+            "the sandbox helper could not move the container into its cgroups",
+        ));
+    }
+    secure_and_exec(sys, spec, host, &command)
+}
 
-    let plan = CapPlan::new(spec.insecure, spec.uid, host.bounding);
+/// `-t`: a pty from the container's own devpts becomes stdin/stdout/stderr and the
+/// controlling terminal of a new session; its master goes back to the parent over the
+/// console socket (as runc's console socket). Runs inside the container's root.
+fn setup_console(spec: &ChildSpec) -> Result<(), Failure> {
+    let (Some((rows, cols)), Some(sock)) = (spec.run.console, spec.run.console_fd) else {
+        return Ok(());
+    };
+    let last = |what: &str| Failure::step(what.to_string(), Errno::last());
+    // SAFETY: plain libc pty/ioctl/dup2 calls on descriptors this process owns; `name` is a
+    // buffer of the size passed.
+    unsafe {
+        let master = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if master < 0 {
+            return Err(last("open /dev/ptmx"));
+        }
+        if libc::unlockpt(master) != 0 {
+            return Err(last("unlock the pty"));
+        }
+        let mut name = [0 as libc::c_char; 64];
+        if libc::ptsname_r(master, name.as_mut_ptr(), name.len()) != 0 {
+            return Err(last("name the pty"));
+        }
+        let slave = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        if slave < 0 {
+            return Err(last("open the pty"));
+        }
+        let _ = libc::fchown(slave, spec.uid, spec.gid);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        libc::ioctl(slave, libc::TIOCSWINSZ, &ws);
+        send_fd(sock, master).map_err(|e| Failure::step("send the pty master", e))?;
+        libc::close(master);
+        libc::close(sock);
+        if libc::setsid() < 0 {
+            return Err(last("setsid"));
+        }
+        for fd in 0..3 {
+            if libc::dup2(slave, fd) < 0 {
+                return Err(last("dup2 the pty"));
+            }
+        }
+        if slave > 2 {
+            libc::close(slave);
+        }
+        if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            return Err(last("set the controlling terminal"));
+        }
+    }
+    Ok(())
+}
+
+fn send_fd(sock: i32, fd: i32) -> Result<(), Errno> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [std::io::IoSlice::new(b"t")];
+    let fds = [fd];
+    sendmsg::<()>(
+        sock,
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+}
+
+/// Bounding set, seccomp, user switch, capabilities, then `execve` (through a tiny init
+/// when `--init`).
+fn secure_and_exec(
+    sys: &dyn Syscall,
+    spec: &ChildSpec,
+    host: HostCaps,
+    command: &str,
+) -> Result<(), Failure> {
+    let plan = CapPlan::new(spec.insecure, spec.uid, host.bounding).adjusted(
+        spec.run.cap_add,
+        spec.run.cap_drop,
+        host.bounding,
+        spec.uid,
+    );
     for cap in plan.to_drop(host.last_cap) {
         match sys.capbset_drop(cap) {
             Ok(()) | Err(Errno::EINVAL) => {}
@@ -316,7 +540,7 @@ pub fn container_init(
     let to_c = |s: &str| {
         CString::new(s).map_err(|_| Failure::invalid(format!("{s:?} contains a NUL byte")))
     };
-    let path = to_c(&command)?;
+    let path = to_c(command)?;
     let args = spec
         .args
         .iter()
@@ -327,11 +551,79 @@ pub fn container_init(
         .iter()
         .map(|a| to_c(a))
         .collect::<Result<Vec<_>, _>>()?;
-    sys.execve(&path, &args, &env).map_err(|e| Failure::Exec {
-        path: command.clone(),
-        errno: e as i32,
-        exists: true,
-    })
+    let exec = || {
+        sys.execve(&path, &args, &env).map_err(|e| Failure::Exec {
+            path: command.to_string(),
+            errno: e as i32,
+            exists: true,
+        })
+    };
+    if spec.run.init {
+        return init_then_exec(spec.run.exec_fd, exec);
+    }
+    exec()
+}
+
+/// `--init`: this process stays PID 1, forks the command and reaps every zombie the
+/// namespace hands it, forwarding signals to the command; it exits with the command's status.
+fn init_then_exec(
+    exec_fd: Option<i32>,
+    exec: impl FnOnce() -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut signals = SigSet::all();
+    for s in [
+        Signal::SIGKILL,
+        Signal::SIGSTOP,
+        Signal::SIGSEGV,
+        Signal::SIGBUS,
+        Signal::SIGILL,
+        Signal::SIGFPE,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGTSTP,
+    ] {
+        signals.remove(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Failure::step("block signals", e))?;
+    // SAFETY: the sandbox's processes are single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(Failure::step("fork the command", e)),
+        Ok(ForkResult::Child) => {
+            SigSet::empty()
+                .thread_set_mask()
+                .map_err(|e| Failure::step("unblock signals", e))?;
+            exec()
+        }
+        Ok(ForkResult::Parent { child }) => {
+            if let Some(fd) = exec_fd {
+                let _ = nix::unistd::close(fd);
+            }
+            let status = loop {
+                let signal = signals.wait().unwrap_or(Signal::SIGCHLD);
+                if signal != Signal::SIGCHLD {
+                    let _ = nix::sys::signal::kill(child, signal);
+                    continue;
+                }
+                let mut done = None;
+                loop {
+                    match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(pid, code)) if pid == child => done = Some(code),
+                        Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                            done = Some(128 + sig as i32)
+                        }
+                        Ok(WaitStatus::StillAlive) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                if let Some(code) = done {
+                    break code;
+                }
+            };
+            std::process::exit(status)
+        }
+    }
 }
 
 /// Groups, gid, uid, then the capability sets (the uid switch clears the parent-death signal,
@@ -416,7 +708,6 @@ mod tests {
     use super::super::syscall::{Call, RecordingSyscall};
     use super::super::SandboxMount;
     use super::*;
-    use nix::mount::MsFlags;
     use std::os::unix::fs::PermissionsExt;
 
     fn rootfs() -> tempfile::TempDir {
@@ -459,6 +750,7 @@ mod tests {
             insecure: false,
             no_new_privileges: false,
             parent_pid: 1,
+            run: Default::default(),
         }
     }
 
@@ -471,6 +763,8 @@ mod tests {
     fn show(call: &Call, root: &str) -> String {
         let r = |p: &str| p.replace(root, "$ROOT");
         match call {
+            Call::Setns(p, _) => format!("setns {p}"),
+            Call::WriteFile(p, d) => format!("write {p} {d}"),
             Call::Unshare(f) => {
                 let names: Vec<&str> = f.iter_names().map(|(n, _)| n).collect();
                 format!("unshare {}", names.join("|"))
@@ -533,7 +827,14 @@ mod tests {
         let sys = RecordingSyscall::with_fs(&spec.rootfs);
         let mut reports = Vec::new();
         helper_setup(&sys, spec).unwrap();
-        let result = container_init(&sys, spec, HOST, &mut |r| reports.push(r.clone()), || true);
+        let result = container_init(
+            &sys,
+            spec,
+            HOST,
+            &mut |r| reports.push(r.clone()),
+            || true,
+            || true,
+        );
         let root = spec.rootfs.display().to_string();
         let mut lines: Vec<String> = sys.calls().iter().map(|c| show(c, &root)).collect();
         // Collapse the run of bounding-set drops into one line.
@@ -701,7 +1002,7 @@ mod tests {
         let spec = spec(d.path());
         let sys = RecordingSyscall::default();
         sys.fail_when(|c| matches!(c, Call::PivotRoot(..)), Errno::EINVAL);
-        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true);
+        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true, || true);
         assert_eq!(
             r,
             Err(Failure::Step {
@@ -714,7 +1015,7 @@ mod tests {
 
         let sys = RecordingSyscall::default();
         sys.fail_when(|c| matches!(c, Call::Execve(..)), Errno::EACCES);
-        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true);
+        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || true, || true);
         assert_eq!(
             r,
             Err(Failure::Exec {
@@ -725,7 +1026,7 @@ mod tests {
         );
 
         let sys = RecordingSyscall::default();
-        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || false);
+        let r = container_init(&sys, &spec, HOST, &mut |_| {}, || false, || true);
         assert!(matches!(r, Err(Failure::Invalid { .. })));
     }
 

@@ -49,12 +49,39 @@ pub const HELPER_ARG: &str = "__sandbox";
 pub const EXE_ENV: &str = "KILN_SANDBOX_EXE";
 
 /// The sandbox's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SandboxNetwork {
     /// Share the host's network namespace (`RUN --network=default|host`).
     Host,
     /// A new network namespace with only `lo`.
     None,
+    /// Join the persistent network namespace bind-mounted at this path (`kiln run`'s bridge
+    /// and user networks).
+    Join(PathBuf),
+}
+
+/// What `kiln run` adds to a sandbox; all off (the default) for build steps.
+#[derive(Debug, Default)]
+pub struct ContainerOptions {
+    /// Overlay mount options (`lowerdir=…,upperdir=…,workdir=…`) for the rootfs: the sandbox
+    /// mounts it on `rootfs` in its own mount namespace, so it goes away with the container.
+    pub overlay: Option<String>,
+    /// `--read-only`: the root is remounted read-only after `pivot_root`.
+    pub readonly_rootfs: bool,
+    /// `--cap-add` / `--cap-drop` as masks (applied to docker's default set).
+    pub cap_add: u64,
+    pub cap_drop: u64,
+    /// `cgroup.procs` files the container's first process writes itself into before setup.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// `--init`: PID 1 stays a tiny reaper that forwards signals to the command.
+    pub init: bool,
+    /// `-t`: the container gets a pty of its own devpts (`/dev/pts/0`) as stdin/stdout/stderr
+    /// and controlling terminal, of this size (rows, columns); its master side comes back in
+    /// [`Started::console`].
+    pub console: Option<(u16, u16)>,
+    /// `exec`: join the namespaces (and the cgroups in `cgroup_procs`) of this running
+    /// container process instead of making new ones; no rootfs set-up.
+    pub join_pid: Option<i32>,
 }
 
 /// A mount added after the standard ones.
@@ -99,6 +126,8 @@ pub struct SandboxConfig {
     pub no_new_privileges: bool,
     /// None: `/dev/null`.
     pub stdin: Option<std::fs::File>,
+    /// `kiln run` options (default for build steps).
+    pub container: ContainerOptions,
 }
 
 /// How the command ended.
@@ -186,7 +215,27 @@ pub fn run(
     config: &SandboxConfig,
     on_output: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<SandboxOutcome> {
-    parent::run(config, on_output, &CancelToken::new())
+    parent::run(config, on_output, &mut |_| {}, &CancelToken::new())
+}
+
+/// What [`run_observed`] hands over once the command runs.
+#[derive(Debug)]
+pub struct Started {
+    /// Host pid of the container's first process.
+    pub pid: i32,
+    /// The master side of the container's pty (with [`ContainerOptions::console`]).
+    pub console: Option<std::fs::File>,
+}
+
+/// [`run_with_cancel`], calling `on_started` once the command has been exec'd (setup
+/// failures never reach it).
+pub fn run_observed(
+    config: &SandboxConfig,
+    on_output: &mut dyn FnMut(Stream, &[u8]),
+    on_started: &mut dyn FnMut(Started),
+    cancel: &CancelToken,
+) -> Result<SandboxOutcome> {
+    parent::run(config, on_output, on_started, cancel)
 }
 
 /// [`run`], stoppable from another thread through `cancel`.
@@ -195,5 +244,5 @@ pub fn run_with_cancel(
     on_output: &mut dyn FnMut(Stream, &[u8]),
     cancel: &CancelToken,
 ) -> Result<SandboxOutcome> {
-    parent::run(config, on_output, cancel)
+    parent::run(config, on_output, &mut |_| {}, cancel)
 }

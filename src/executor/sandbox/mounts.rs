@@ -127,7 +127,9 @@ impl<'a> RootfsSetup<'a> {
 
     /// Makes every mount private (nothing propagates back to the host), then binds the rootfs
     /// onto itself so it is a mount point `pivot_root` accepts.
-    pub fn prepare_root(&mut self) -> Result<(), Failure> {
+    /// `overlay`: mount options of an overlay to mount on the rootfs first (in this private
+    /// mount namespace only).
+    pub fn prepare_root(&mut self, overlay: Option<&str>) -> Result<(), Failure> {
         self.sys
             .mount(
                 None,
@@ -137,6 +139,17 @@ impl<'a> RootfsSetup<'a> {
                 None,
             )
             .map_err(|e| Failure::step("make mounts private", e))?;
+        if let Some(options) = overlay {
+            self.sys
+                .mount(
+                    Some(Path::new("overlay")),
+                    &self.root,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(options),
+                )
+                .map_err(|e| Failure::step(format!("mount the overlay rootfs ({options})"), e))?;
+        }
         self.sys
             .mount(
                 Some(&self.root),

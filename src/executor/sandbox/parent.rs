@@ -2,7 +2,7 @@
 //! helper (`std::process::Command`, never a bare fork), pumps its output and reports, handles
 //! cancellation, and turns reports into a [`SandboxOutcome`] or a [`SandboxError`].
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -16,10 +16,10 @@ use nix::libc;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::spec::{ChildSpec, EtcFile, Failure, Report};
+use super::spec::{ChildSpec, EtcFile, Failure, Report, RunSpec};
 use super::{
-    CancelToken, Result, SandboxConfig, SandboxError, SandboxMount, SandboxOutcome, Stream,
-    EXE_ENV, HELPER_ARG,
+    CancelToken, Result, SandboxConfig, SandboxError, SandboxMount, SandboxOutcome, Started,
+    Stream, EXE_ENV, HELPER_ARG,
 };
 
 /// How often the output loop looks at the cancel token.
@@ -162,12 +162,24 @@ pub(super) fn build_spec(config: &SandboxConfig, dir: &Path, parent_pid: i32) ->
         gid: config.gid,
         additional_gids: config.additional_gids.clone(),
         hostname: config.hostname.clone(),
-        network: config.network,
+        network: config.network.clone(),
         mounts,
         etc_files,
         insecure: config.insecure,
         no_new_privileges: config.no_new_privileges && !config.insecure,
         parent_pid,
+        run: RunSpec {
+            overlay: config.container.overlay.clone(),
+            readonly_rootfs: config.container.readonly_rootfs,
+            cap_add: config.container.cap_add,
+            cap_drop: config.container.cap_drop,
+            cgroup_procs: config.container.cgroup_procs.clone(),
+            init: config.container.init,
+            console: config.container.console,
+            console_fd: None,
+            join_pid: config.container.join_pid,
+            exec_fd: None,
+        },
     })
 }
 
@@ -226,7 +238,13 @@ enum Event {
     Output(Stream, Vec<u8>),
     Report(Report),
     Garbled(String),
-    Closed,
+    /// The container process exec'd its command (or died trying: its failure report, if
+    /// any, came before this).
+    Execed,
+    /// The master side of the container's pty.
+    Console(std::fs::File),
+    /// A reader is done (`true`: the report reader).
+    Closed(bool),
 }
 
 fn pump_output(mut pipe: impl Read, stream: Stream, tx: mpsc::Sender<Event>) {
@@ -243,24 +261,120 @@ fn pump_output(mut pipe: impl Read, stream: Stream, tx: mpsc::Sender<Event>) {
             Err(_) => break,
         }
     }
-    let _ = tx.send(Event::Closed);
+    let _ = tx.send(Event::Closed(false));
 }
 
-fn pump_reports(pipe: std::fs::File, tx: mpsc::Sender<Event>) {
-    for line in BufReader::new(pipe).split(b'\n') {
-        let Ok(line) = line else { break };
+fn send_lines(buf: &mut Vec<u8>, tx: &mpsc::Sender<Event>) -> bool {
+    while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=end).collect();
+        let line = &line[..line.len() - 1];
         if line.is_empty() {
             continue;
         }
-        let event = match serde_json::from_slice::<Report>(&line) {
+        let event = match serde_json::from_slice::<Report>(line) {
             Ok(r) => Event::Report(r),
-            Err(_) => Event::Garbled(String::from_utf8_lossy(&line).into_owned()),
+            Err(_) => Event::Garbled(String::from_utf8_lossy(line).into_owned()),
         };
         if tx.send(event).is_err() {
-            break;
+            return false;
         }
     }
-    let _ = tx.send(Event::Closed);
+    true
+}
+
+fn poll_in(fds: &mut [libc::pollfd], timeout: i32) -> i32 {
+    // SAFETY: `fds` is a valid slice of pollfd for the duration of the call.
+    unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) }
+}
+
+/// Reads report lines, and watches the exec-sync pipe: on its EOF, whatever the container
+/// process reported before it exec'd (or died) is already in the report pipe, so that is
+/// drained first and `Execed` follows, in order.
+fn pump_reports(mut pipe: std::fs::File, mut exec: Option<std::fs::File>, tx: mpsc::Sender<Event>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    'outer: loop {
+        let mut fds = vec![libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(e) = &exec {
+            fds.push(libc::pollfd {
+                fd: e.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        if poll_in(&mut fds, -1) < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if fds.len() > 1 && fds[1].revents != 0 {
+            // Nothing is ever written there: readable means EOF.
+            exec = None;
+            loop {
+                let mut one = [libc::pollfd {
+                    fd: pipe.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                }];
+                if poll_in(&mut one, 0) <= 0 || one[0].revents & libc::POLLIN == 0 {
+                    break;
+                }
+                match pipe.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if !send_lines(&mut buf, &tx) || tx.send(Event::Execed).is_err() {
+                break 'outer;
+            }
+            continue;
+        }
+        if fds[0].revents != 0 {
+            match pipe.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if !send_lines(&mut buf, &tx) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = tx.send(Event::Closed(true));
+}
+
+/// Receives one file descriptor (SCM_RIGHTS) from the container's console socket; None when
+/// the container died before sending it.
+fn receive_fd(sock: &OwnedFd) -> Option<std::fs::File> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed these descriptors for us.
+            return fds
+                .first()
+                .map(|fd| unsafe { std::fs::File::from_raw_fd(*fd) });
+        }
+    }
+    None
 }
 
 /// Kills and reaps the helper if `run` unwinds or returns early (its parent-death signal then
@@ -292,6 +406,7 @@ fn above_stdio(fd: OwnedFd) -> Result<OwnedFd> {
 pub(super) fn run(
     config: &SandboxConfig,
     on_output: &mut dyn FnMut(Stream, &[u8]),
+    on_started: &mut dyn FnMut(Started),
     cancel: &CancelToken,
 ) -> Result<SandboxOutcome> {
     if cancel.is_cancelled() {
@@ -303,7 +418,30 @@ pub(super) fn run(
         .prefix("kiln-sandbox-")
         .tempdir_in(&tmp)
         .map_err(io_error(&tmp))?;
-    let spec = build_spec(config, dir.path(), std::process::id() as i32)?;
+    let mut spec = build_spec(config, dir.path(), std::process::id() as i32)?;
+    let (exec_r, exec_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io_error(Path::new("exec-sync pipe"))(e.into()))?;
+    let exec_w = above_stdio(exec_w)?;
+    let exec_fd = exec_w.as_raw_fd();
+    spec.run.exec_fd = Some(exec_fd);
+    // -t: the container sends its pty master back over a socket pair.
+    let console = match config.container.console {
+        Some(_) => {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            let (ours, theirs) = socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(|e| io_error(Path::new("console socket"))(e.into()))?;
+            let theirs = above_stdio(theirs)?;
+            spec.run.console_fd = Some(theirs.as_raw_fd());
+            Some((ours, theirs))
+        }
+        None => None,
+    };
+    let console_fd = spec.run.console_fd.unwrap_or(-1);
     let spec_path = dir.path().join("config.json");
     let json = serde_json::to_vec(&spec).map_err(|e| config_error(e.to_string()))?;
     {
@@ -322,9 +460,16 @@ pub(super) fn run(
         .map_err(|e| io_error(Path::new("report pipe"))(e.into()))?;
     let report_w = above_stdio(report_w)?;
     let report_fd = report_w.as_raw_fd();
-    let stdin = match &config.stdin {
-        Some(f) => Stdio::from(f.try_clone().map_err(io_error(Path::new("stdin")))?),
-        None => Stdio::null(),
+    let clone = |f: &std::fs::File, what: &str| -> Result<Stdio> {
+        Ok(Stdio::from(
+            f.try_clone().map_err(io_error(Path::new(what)))?,
+        ))
+    };
+    let (stdin, stdout, stderr) = match (&config.container.console, &config.stdin) {
+        // The container's own pty replaces all three.
+        (Some(_), _) => (Stdio::null(), Stdio::null(), Stdio::null()),
+        (None, Some(f)) => (clone(f, "stdin")?, Stdio::piped(), Stdio::piped()),
+        (None, None) => (Stdio::null(), Stdio::piped(), Stdio::piped()),
     };
     let mut command = Command::new(&exe);
     command
@@ -333,14 +478,17 @@ pub(super) fn run(
         .arg(&spec_path)
         .env_clear()
         .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(stdout)
+        .stderr(stderr);
     // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches
     // only the inherited report fd, which keeps its number (no dup2 that could clobber a
     // descriptor the spawn set up).
     unsafe {
         command.pre_exec(move || {
-            if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0 {
+            if libc::fcntl(report_fd, libc::F_SETFD, 0) < 0
+                || libc::fcntl(exec_fd, libc::F_SETFD, 0) < 0
+                || (console_fd >= 0 && libc::fcntl(console_fd, libc::F_SETFD, 0) < 0)
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -352,7 +500,12 @@ pub(super) fn run(
         source,
     })?;
     drop(report_w);
+    drop(exec_w);
     drop(command);
+    let console = console.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
     let helper_pid = Pid::from_raw(child.id() as i32);
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
@@ -371,25 +524,53 @@ pub(super) fn run(
     {
         let tx = tx.clone();
         let reports = std::fs::File::from(report_r);
-        threads.push(std::thread::spawn(move || pump_reports(reports, tx)));
+        let exec = std::fs::File::from(exec_r);
+        // Not joined once the exit is known: its EOF waits for the helper's own exit.
+        std::thread::spawn(move || pump_reports(reports, Some(exec), tx));
+    }
+    if let Some(sock) = console {
+        let tx = tx.clone();
+        threads.push(std::thread::spawn(move || {
+            if let Some(master) = receive_fd(&sock) {
+                let _ = tx.send(Event::Console(master));
+            }
+            let _ = tx.send(Event::Closed(false));
+        }));
     }
     drop(tx);
     let mut running = Running { child: Some(child) };
 
+    // Output readers (and the console receiver); the report reader counts until the exit
+    // report: the helper's own exit comes later, after the kernel has torn the namespaces
+    // down (RCU grace periods), and nothing of the container is left by then anyway.
     let mut open = threads.len();
+    let mut reports_open = true;
     let mut cancelled = false;
     let mut created = Vec::new();
     let mut failure = None;
     let mut exited = None;
     let mut garbled = Vec::new();
-    while open > 0 {
+    let mut started = None;
+    let mut console_master = None;
+    while open > 0 || (reports_open && exited.is_none()) {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
             Ok(Event::Report(Report::Created { path })) => created.push(path),
+            Ok(Event::Report(Report::Started { pid })) => started = Some(pid),
+            Ok(Event::Console(master)) => console_master = Some(master),
+            Ok(Event::Execed) => {
+                if let (Some(pid), None) = (started, &failure) {
+                    on_started(Started {
+                        pid,
+                        console: console_master.take(),
+                    });
+                }
+            }
             Ok(Event::Report(Report::Failed { failure: f })) => failure = Some(f),
             Ok(Event::Report(Report::Exited { code, signal })) => exited = Some((code, signal)),
             Ok(Event::Garbled(line)) => garbled.push(line),
-            Ok(Event::Closed) => open -= 1,
+            Ok(Event::Closed(true)) => reports_open = false,
+            Ok(Event::Closed(false)) => open -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
@@ -407,7 +588,13 @@ pub(super) fn run(
         let _ = t.join();
     }
     let status = match running.child.take() {
-        Some(mut child) => child.wait().map_err(io_error(&exe))?,
+        // PID 1 has been reaped, so every process of the sandbox is gone: the helper is
+        // reaped in the background.
+        Some(mut child) if exited.is_some() && !cancelled => {
+            std::thread::spawn(move || child.wait());
+            None
+        }
+        Some(mut child) => Some(child.wait().map_err(io_error(&exe))?),
         None => return Err(SandboxError::Cancelled),
     };
     if !garbled.is_empty() {
@@ -429,7 +616,7 @@ pub(super) fn run(
         }),
         None => Err(SandboxError::HelperExited {
             exe,
-            status: status.to_string(),
+            status: status.map(|s| s.to_string()).unwrap_or_default(),
         }),
     }
 }
@@ -493,6 +680,7 @@ mod tests {
             additional_gids: vec![],
             hostname: "box".into(),
             network: SandboxNetwork::Host,
+            container: Default::default(),
             mounts: vec![
                 SandboxMount::Bind {
                     source: root.to_path_buf(),
@@ -671,7 +859,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let token = CancelToken::new();
         token.cancel();
-        let r = run(&config(root.path()), &mut |_, _| {}, &token);
+        let r = run(&config(root.path()), &mut |_, _| {}, &mut |_| {}, &token);
         assert!(matches!(r, Err(SandboxError::Cancelled)));
     }
 }

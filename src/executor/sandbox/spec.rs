@@ -48,6 +48,28 @@ pub struct ChildSpec {
     pub no_new_privileges: bool,
     /// The pid of the process that spawned the helper: the helper exits if it is gone.
     pub parent_pid: i32,
+    /// `kiln run` additions (see `ContainerOptions`); all off for build steps.
+    #[serde(default)]
+    pub run: RunSpec,
+}
+
+/// The serializable part of `ContainerOptions`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub overlay: Option<String>,
+    pub readonly_rootfs: bool,
+    pub cap_add: u64,
+    pub cap_drop: u64,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub init: bool,
+    /// Make a pty in the container's devpts (rows, columns) and send its master over the
+    /// unix socket `console_fd` (inherited like the report fd).
+    pub console: Option<(u16, u16)>,
+    pub console_fd: Option<i32>,
+    pub join_pid: Option<i32>,
+    /// Write end of the exec-sync pipe, inherited under this number: the container process
+    /// holds it (close-on-exec) until its `execve`, so EOF on it means "exec'd or gone".
+    pub exec_fd: Option<i32>,
 }
 
 /// Why setup stopped before the command ran.
@@ -87,6 +109,10 @@ impl Failure {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Report {
+    /// The container's first process exists, with this pid on the host.
+    Started {
+        pid: i32,
+    },
     /// The sandbox created this path (absolute in the container) in the rootfs as a mountpoint.
     Created {
         path: String,

@@ -25,6 +25,10 @@ pub type SysResult = Result<(), Errno>;
 /// paths before `pivot_root`, container paths after).
 pub trait Syscall {
     fn unshare(&self, flags: CloneFlags) -> SysResult;
+    /// Joins the namespace the file `path` (`/proc/PID/ns/net`, a bound netns) refers to.
+    fn setns(&self, path: &Path, nstype: CloneFlags) -> SysResult;
+    /// Writes `data` to an existing file (`cgroup.procs`).
+    fn write_file(&self, path: &Path, data: &str) -> SysResult;
     fn mount(
         &self,
         source: Option<&Path>,
@@ -71,6 +75,22 @@ pub struct LinuxSyscall;
 impl Syscall for LinuxSyscall {
     fn unshare(&self, flags: CloneFlags) -> SysResult {
         nix::sched::unshare(flags)
+    }
+
+    fn setns(&self, path: &Path, nstype: CloneFlags) -> SysResult {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        nix::sched::setns(fd, nstype)
+    }
+
+    fn write_file(&self, path: &Path, data: &str) -> SysResult {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| super::mounts::io_errno(&e))?;
+        f.write_all(data.as_bytes())
+            .map_err(|e| super::mounts::io_errno(&e))
     }
 
     fn mount(
@@ -226,6 +246,8 @@ impl Syscall for LinuxSyscall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Unshare(CloneFlags),
+    Setns(String, CloneFlags),
+    WriteFile(String, String),
     Mount {
         source: Option<String>,
         target: String,
@@ -314,6 +336,12 @@ fn s(p: &Path) -> String {
 impl Syscall for RecordingSyscall {
     fn unshare(&self, flags: CloneFlags) -> SysResult {
         self.record(Call::Unshare(flags))
+    }
+    fn setns(&self, path: &Path, nstype: CloneFlags) -> SysResult {
+        self.record(Call::Setns(s(path), nstype))
+    }
+    fn write_file(&self, path: &Path, data: &str) -> SysResult {
+        self.record(Call::WriteFile(s(path), data.to_string()))
     }
     fn mount(
         &self,

@@ -1,0 +1,1245 @@
+//! `kiln run`, `create`, `start`, `stop`, `kill`, `restart`, `rm`, `ps`, `logs`, `exec`,
+//! `wait`, `inspect`, `port`, `cp`, `container prune`: docker's flags and output on top of
+//! [`crate::run`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::engine::Engine;
+use super::format::{human_duration, table};
+use super::Outcome;
+use crate::run::container as lifecycle;
+use crate::run::create::{self, CreateOptions};
+use crate::run::exec::{self, ExecOptions, RawMode};
+use crate::run::logs;
+use crate::run::monitor::{self, Attach};
+use crate::run::state::{Container, Containers, State, Status};
+
+/// The flags `run` and `create` share (`-h` is `--hostname`, as in docker).
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct CreateArgs {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+    /// Assign a name to the container.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to take it from here).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read in a file of environment variables.
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>]).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Keep STDIN open.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Automatically remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Publish a container's port(s) to the host ([IP:]HOST:CONTAINER[/PROTO]).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish all exposed ports to random ports.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// Bind mount a volume (SRC:DST[:ro]).
+    #[arg(short = 'v', long = "volume")]
+    pub volume: Vec<String>,
+    /// Attach a filesystem mount (type=volume|bind|tmpfs,source=…,target=…).
+    #[arg(long)]
+    pub mount: Vec<String>,
+    /// Mount a tmpfs directory.
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// Connect the container to a network (none, host, bridge or a user network).
+    #[arg(long = "network", alias = "net")]
+    pub network: Option<String>,
+    /// Add a network-scoped alias for the container.
+    #[arg(long = "network-alias")]
+    pub network_alias: Vec<String>,
+    /// IPv4 address on the network.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Container host name.
+    #[arg(short = 'h', long)]
+    pub hostname: Option<String>,
+    /// Add a custom host-to-IP mapping (HOST:IP).
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    /// Memory limit (e.g. 64m).
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Number of CPUs.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Tune the container pids limit (-1 for unlimited).
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    /// Mount the container's root filesystem as read only.
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// Add Linux capabilities.
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities.
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// Security options (no-new-privileges).
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
+    /// Restart policy (no, on-failure[:max-retries], always, unless-stopped).
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Run an init inside the container that forwards signals and reaps processes.
+    #[arg(long)]
+    pub init: bool,
+    /// Signal to stop the container.
+    #[arg(long = "stop-signal")]
+    pub stop_signal: Option<String>,
+    /// Timeout (in seconds) to stop a container.
+    #[arg(long = "stop-timeout", allow_negative_numbers = true)]
+    pub stop_timeout: Option<i64>,
+    /// Command to run to check health.
+    #[arg(long = "health-cmd")]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h).
+    #[arg(long = "health-interval")]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h).
+    #[arg(long = "health-timeout")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy.
+    #[arg(long = "health-retries")]
+    pub health_retries: Option<i64>,
+    /// Start period for the container to initialize before counting retries.
+    #[arg(long = "health-start-period")]
+    pub health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    pub no_healthcheck: bool,
+    /// Set meta data on a container.
+    #[arg(short = 'l', long = "label")]
+    pub label: Vec<String>,
+    /// The image to run.
+    pub image: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    /// Run the container in the background and print its ID.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub create: CreateArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach STDOUT/STDERR and forward signals.
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    /// Attach the container's STDIN.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container.
+    #[arg(
+        short = 't',
+        long = "time",
+        alias = "timeout",
+        allow_negative_numbers = true
+    )]
+    pub time: Option<i64>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Signal to send to the container.
+    #[arg(short = 's', long)]
+    pub signal: Option<String>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Force the removal of a running container (uses SIGKILL).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Remove anonymous volumes associated with the container.
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running).
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only display container IDs.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Don't truncate output.
+    #[arg(long = "no-trunc")]
+    pub no_trunc: bool,
+    /// Format output using a template ({{.ID}}, {{.Names}}, {{.Status}}, …; `table …`).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Follow log output.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Number of lines to show from the end of the logs ("all" for all).
+    #[arg(short = 'n', long)]
+    pub tail: Option<String>,
+    /// Show timestamps.
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Keep STDIN open.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Detached mode: run the command in the background.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Username or UID.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Set environment variables.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    pub container: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ContainersArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Format output using a template ({{.State.Status}}, {{json .State}}, …).
+    #[arg(short = 'f', long)]
+    pub format: Option<String>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    pub container: String,
+    /// PRIVATE_PORT[/PROTO]
+    pub port: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// SRC: CONTAINER:PATH or a host path.
+    pub src: String,
+    /// DST: CONTAINER:PATH or a host path.
+    pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+/// `kiln container <sub>`.
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommand {
+    /// Create and run a new container from an image.
+    Run(RunArgs),
+    /// Create a new container.
+    Create(CreateArgs),
+    /// Start one or more stopped containers.
+    Start(StartArgs),
+    /// Stop one or more running containers.
+    Stop(StopArgs),
+    /// Kill one or more running containers.
+    Kill(KillArgs),
+    /// Restart one or more containers.
+    Restart(StopArgs),
+    /// Remove one or more containers.
+    Rm(RmArgs),
+    /// List containers.
+    #[command(alias = "ps", alias = "list")]
+    Ls(PsArgs),
+    /// Fetch the logs of a container.
+    Logs(LogsArgs),
+    /// Execute a command in a running container.
+    Exec(ExecArgs),
+    /// Block until one or more containers stop, then print their exit codes.
+    Wait(ContainersArgs),
+    /// Display detailed information on one or more containers.
+    Inspect(InspectArgs),
+    /// List port mappings of a container.
+    Port(PortArgs),
+    /// Copy files between a container and the host.
+    Cp(CpArgs),
+    /// Remove all stopped containers.
+    Prune(PruneArgs),
+}
+
+pub fn dispatch(cmd: &ContainerCommand, root: &Path) -> anyhow::Result<Outcome> {
+    match cmd {
+        ContainerCommand::Run(a) => run(a, root),
+        ContainerCommand::Create(a) => create_cmd(a, root),
+        ContainerCommand::Start(a) => start(a, root),
+        ContainerCommand::Stop(a) => stop(a, root),
+        ContainerCommand::Kill(a) => kill(a, root),
+        ContainerCommand::Restart(a) => restart(a, root),
+        ContainerCommand::Rm(a) => rm(a, root),
+        ContainerCommand::Ls(a) => ps(a, root),
+        ContainerCommand::Logs(a) => logs_cmd(a, root),
+        ContainerCommand::Exec(a) => exec_cmd(a, root),
+        ContainerCommand::Wait(a) => wait(a, root),
+        ContainerCommand::Inspect(a) => inspect(a, root),
+        ContainerCommand::Port(a) => port(a, root),
+        ContainerCommand::Cp(a) => cp(a, root),
+        ContainerCommand::Prune(a) => prune(a, root),
+    }
+}
+
+fn env_from(args: &CreateArgs) -> anyhow::Result<Vec<String>> {
+    let mut env = Vec::new();
+    for f in &args.env_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for line in text.lines() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            push_env(&mut env, line)?;
+        }
+    }
+    for e in &args.env {
+        push_env(&mut env, e)?;
+    }
+    Ok(env)
+}
+
+/// `KEY=VALUE`, or `KEY` taken from our environment (skipped when unset), as docker.
+fn push_env(env: &mut Vec<String>, e: &str) -> anyhow::Result<()> {
+    if let (k, Some(v)) = super::parse_key_value(e).map_err(anyhow::Error::msg)? {
+        env.push(format!("{k}={v}"));
+    }
+    Ok(())
+}
+
+fn options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
+    Ok(CreateOptions {
+        image: args.image.clone(),
+        cmd: args.command.clone(),
+        name: args.name.clone(),
+        entrypoint: args.entrypoint.clone(),
+        env: env_from(args)?,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: args.hostname.clone(),
+        tty: args.tty,
+        interactive: args.interactive,
+        network: args.network.clone(),
+        network_aliases: args.network_alias.clone(),
+        ip: args.ip.clone(),
+        publish: args.publish.clone(),
+        publish_all: args.publish_all,
+        add_hosts: args.add_host.clone(),
+        volumes: args.volume.clone(),
+        mounts: args.mount.clone(),
+        tmpfs: args.tmpfs.clone(),
+        read_only: args.read_only,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        security_opts: args.security_opt.clone(),
+        memory: args.memory.clone(),
+        cpus: args.cpus,
+        pids_limit: args.pids_limit,
+        restart: args.restart.clone(),
+        auto_remove: args.rm,
+        init: args.init,
+        stop_signal: args.stop_signal.clone(),
+        stop_timeout: args.stop_timeout,
+        health_cmd: args.health_cmd.clone(),
+        health_interval: args.health_interval.clone(),
+        health_timeout: args.health_timeout.clone(),
+        health_retries: args.health_retries,
+        health_start_period: args.health_start_period.clone(),
+        no_healthcheck: args.no_healthcheck,
+        labels: args.label.clone(),
+    })
+}
+
+fn new_container(args: &CreateArgs, root: &Path) -> anyhow::Result<(Engine, Container)> {
+    let engine = Engine::open(root)?;
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
+    pull_if_missing(&engine, snapshots.as_ref(), &args.image)?;
+    let c = create::create(root, &engine.store, snapshots.as_ref(), &options(args)?)?;
+    Ok((engine, c))
+}
+
+/// Pull progress of `run`/`create` as plain lines on stderr (stdout is the container's).
+struct StderrProgress;
+
+impl crate::push::progress::Progress for StderrProgress {
+    fn status(&self, blob: &crate::cache::Digest, status: &str) {
+        eprintln!("{}: {status}", &blob.hex()[..12.min(blob.hex().len())]);
+    }
+
+    fn message(&self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// docker's "Unable to find image locally": pull it (unpacked straight into snapshots).
+fn pull_if_missing(
+    engine: &Engine,
+    snapshots: &dyn crate::cache::snapshot::Snapshotter,
+    image: &str,
+) -> anyhow::Result<()> {
+    match engine.store.lookup(image) {
+        Err(crate::cache::store::StoreError::NotFound(_)) => {}
+        _ => return Ok(()),
+    }
+    let reference = crate::reference::Reference::parse(image)
+        .map(|r| r.with_default_tag().to_string())
+        .unwrap_or_else(|_| image.to_string());
+    eprintln!("Unable to find image '{reference}' locally");
+    let settings = crate::push::client::RegistrySettings::load(&[])?;
+    let opts = crate::push::pull::PullOptions {
+        platform: crate::graph::Platform::host(),
+        settings: &settings,
+        progress: &StderrProgress,
+        snapshots: Some(snapshots),
+    };
+    crate::push::pull::pull_if_missing(&engine.store, image, &opts).with_context(|| {
+        format!("image {reference:?} is not in the local store, and pulling it failed")
+    })?;
+    Ok(())
+}
+
+pub fn create_cmd(args: &CreateArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let (_, c) = new_container(args, root)?;
+    println!("{}", c.config.id);
+    Ok(Outcome::Success)
+}
+
+fn exit(code: i32) -> Outcome {
+    if code == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Exit(code.clamp(0, 255) as u8)
+    }
+}
+
+/// Runs a container in this process (attached), returning its exit code.
+fn run_attached(root: &Path, c: &Container, interactive: bool) -> anyhow::Result<i32> {
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    let _raw = if c.config.tty {
+        RawMode::enter(0)
+    } else {
+        None
+    };
+    let mut stdin = None;
+    if interactive && !c.config.tty {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+        stdin = Some(std::fs::File::from(fd));
+    }
+    monitor::forward_signals();
+    let mut error = None;
+    let code = monitor::supervise(
+        root,
+        snapshots.as_ref(),
+        c,
+        Some(Attach {
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            stdin,
+            tty_stdin: interactive && c.config.tty,
+        }),
+        &mut |r| {
+            if let Err(e) = r {
+                error = Some(e);
+            }
+        },
+    )?;
+    if let Some(e) = error {
+        drop(_raw);
+        eprintln!("kiln: error: {e}");
+    }
+    Ok(code)
+}
+
+pub fn run(args: &RunArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let (_, c) = match new_container(&args.create, root) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            return Ok(Outcome::Exit(125));
+        }
+    };
+    if args.detach {
+        if let Err(e) = monitor::spawn(root, &c) {
+            eprintln!("kiln: error: {e}");
+            return Ok(Outcome::Exit(125));
+        }
+        println!("{}", c.config.id);
+        return Ok(Outcome::Success);
+    }
+    let code = run_attached(root, &c, args.create.interactive)?;
+    Ok(exit(code))
+}
+
+fn find(root: &Path, key: &str) -> anyhow::Result<Container> {
+    Ok(Containers::open(root)?.find(key)?)
+}
+
+/// Runs `f` on each named container; prints the name as docker does; errors are reported and
+/// make the command fail at the end.
+fn each(
+    root: &Path,
+    names: &[String],
+    f: &mut dyn FnMut(&Container) -> anyhow::Result<()>,
+) -> anyhow::Result<Outcome> {
+    let mut failed = false;
+    for n in names {
+        match find(root, n).and_then(|c| f(&c)) {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                eprintln!("kiln: error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        Outcome::Problems
+    } else {
+        Outcome::Success
+    })
+}
+
+pub fn start(args: &StartArgs, root: &Path) -> anyhow::Result<Outcome> {
+    if args.attach || args.interactive {
+        let [one] = args.containers.as_slice() else {
+            bail!("you cannot start and attach multiple containers at once");
+        };
+        let c = find(root, one)?;
+        let s = monitor::settle(root, &c)?;
+        if s.is_running() {
+            bail!("container {} is already running", c.short_id());
+        }
+        c.update_state(|s| s.manually_stopped = false)?;
+        let code = run_attached(root, &c, args.interactive)?;
+        return Ok(exit(code));
+    }
+    each(root, &args.containers, &mut |c| {
+        Ok(lifecycle::start_detached(root, c)?)
+    })
+}
+
+pub fn stop(args: &StopArgs, root: &Path) -> anyhow::Result<Outcome> {
+    each(root, &args.containers, &mut |c| {
+        Ok(lifecycle::stop(root, c, args.time)?)
+    })
+}
+
+pub fn restart(args: &StopArgs, root: &Path) -> anyhow::Result<Outcome> {
+    each(root, &args.containers, &mut |c| {
+        lifecycle::stop(root, c, args.time)?;
+        Ok(lifecycle::start_detached(root, c)?)
+    })
+}
+
+pub fn kill(args: &KillArgs, root: &Path) -> anyhow::Result<Outcome> {
+    each(root, &args.containers, &mut |c| {
+        Ok(lifecycle::kill(root, c, args.signal.as_deref())?)
+    })
+}
+
+pub fn rm(args: &RmArgs, root: &Path) -> anyhow::Result<Outcome> {
+    each(root, &args.containers, &mut |c| {
+        Ok(lifecycle::remove(root, c, args.force, args.volumes)?)
+    })
+}
+
+pub fn wait(args: &ContainersArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let mut failed = false;
+    for n in &args.containers {
+        match find(root, n).and_then(|c| Ok(lifecycle::wait(root, &c)?)) {
+            Ok(code) => println!("{code}"),
+            Err(e) => {
+                eprintln!("kiln: error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        Outcome::Problems
+    } else {
+        Outcome::Success
+    })
+}
+
+fn now_secs() -> i64 {
+    crate::cache::image::unix_now()
+}
+
+/// docker's STATUS column.
+fn status_text(s: &State) -> String {
+    let since = |t: i128| human_duration(now_secs() - (t / 1_000_000_000) as i64);
+    let health = s
+        .health
+        .as_ref()
+        .filter(|_| s.status == Status::Running)
+        .map(|h| match h.status.as_str() {
+            "starting" => " (health: starting)".to_string(),
+            other => format!(" ({other})"),
+        })
+        .unwrap_or_default();
+    match s.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}{health}", since(s.started_at)),
+        Status::Restarting => format!("Restarting ({}) {} ago", s.exit_code, since(s.finished_at)),
+        Status::Exited | Status::Dead => {
+            if s.finished_at == 0 {
+                format!("Exited ({})", s.exit_code)
+            } else {
+                format!("Exited ({}) {} ago", s.exit_code, since(s.finished_at))
+            }
+        }
+    }
+}
+
+fn ports_text(c: &Container, s: &State) -> String {
+    let mut parts: Vec<String> = s
+        .ports
+        .iter()
+        .map(|p| {
+            let ip = if p.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                &p.host_ip
+            };
+            format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto)
+        })
+        .collect();
+    for e in &c.config.exposed_ports {
+        let e = if e.contains('/') {
+            e.clone()
+        } else {
+            format!("{e}/tcp")
+        };
+        if !s
+            .ports
+            .iter()
+            .any(|p| format!("{}/{}", p.container_port, p.proto) == e)
+        {
+            parts.push(e);
+        }
+    }
+    parts.join(", ")
+}
+
+fn command_text(c: &Container, trunc: bool) -> String {
+    let full: Vec<&str> = std::iter::once(c.config.path.as_str())
+        .chain(c.config.args.iter().map(String::as_str))
+        .collect();
+    let s = full.join(" ");
+    if trunc && s.chars().count() > 20 {
+        format!("\"{}…\"", s.chars().take(19).collect::<String>())
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+/// Substitutes `{{.Field}}` (and `{{json .Field}}`) in a docker-style template.
+fn render_template(template: &str, fields: &Value) -> String {
+    let mut out = String::new();
+    let mut rest = template.replace("\\t", "\t").replace("\\n", "\n");
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find("}}") else {
+            break;
+        };
+        let expr = rest[start + 2..start + end].trim().to_string();
+        let (json, path) = match expr.strip_prefix("json ") {
+            Some(p) => (true, p.trim().to_string()),
+            None => (false, expr),
+        };
+        let mut v = fields;
+        for part in path
+            .trim_start_matches('.')
+            .split('.')
+            .filter(|p| !p.is_empty())
+        {
+            v = v.get(part).unwrap_or(&Value::Null);
+        }
+        if json {
+            out.push_str(&v.to_string());
+        } else {
+            match v {
+                Value::String(s) => out.push_str(s),
+                Value::Null => out.push_str("<no value>"),
+                other => out.push_str(&other.to_string()),
+            }
+        }
+        rest = rest[start + end + 2..].to_string();
+    }
+    out.push_str(&rest);
+    out
+}
+
+pub fn ps(args: &PsArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let containers = Containers::open(root)?;
+    let mut rows = Vec::new();
+    let mut ids = Vec::new();
+    let mut lines = Vec::new();
+    for c in containers.list()? {
+        let Ok(s) = c.state() else { continue };
+        if !args.all && !s.is_running() {
+            continue;
+        }
+        let id = if args.no_trunc {
+            c.config.id.clone()
+        } else {
+            c.short_id().to_string()
+        };
+        ids.push(id.clone());
+        let created = format!(
+            "{} ago",
+            human_duration(now_secs() - (c.config.created / 1_000_000_000) as i64)
+        );
+        let row = vec![
+            id.clone(),
+            c.config.image.clone(),
+            command_text(&c, !args.no_trunc),
+            created.clone(),
+            status_text(&s),
+            ports_text(&c, &s),
+            c.config.name.clone(),
+        ];
+        if let Some(f) = &args.format {
+            let fields = json!({
+                "ID": id,
+                "Image": c.config.image,
+                "Command": row[2],
+                "CreatedAt": crate::run::state::rfc3339_nanos(c.config.created),
+                "RunningFor": created,
+                "Ports": row[5],
+                "State": s.status.as_str(),
+                "Status": row[4],
+                "Names": c.config.name,
+                "Labels": c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                "Mounts": c.config.mounts.iter().map(|m| m.source.clone()).collect::<Vec<_>>().join(","),
+                "Networks": c.config.network_mode,
+            });
+            lines.push(render_template(
+                f.strip_prefix("table ").unwrap_or(f),
+                &fields,
+            ));
+        }
+        rows.push(row);
+    }
+    let mut out = std::io::stdout().lock();
+    if args.quiet {
+        for id in ids {
+            writeln!(out, "{id}")?;
+        }
+    } else if let Some(f) = &args.format {
+        if let Some(t) = f.strip_prefix("table ") {
+            let header = render_template(
+                t,
+                &json!({"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+                    "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
+                    "State": "STATE", "Status": "STATUS", "Names": "NAMES", "Labels": "LABELS",
+                    "Mounts": "MOUNTS", "Networks": "NETWORKS"}),
+            );
+            writeln!(out, "{header}")?;
+        }
+        for l in lines {
+            writeln!(out, "{l}")?;
+        }
+    } else {
+        write!(
+            out,
+            "{}",
+            table(
+                &[
+                    "CONTAINER ID",
+                    "IMAGE",
+                    "COMMAND",
+                    "CREATED",
+                    "STATUS",
+                    "PORTS",
+                    "NAMES"
+                ],
+                &rows
+            )
+        )?;
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn logs_cmd(args: &LogsArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let c = find(root, &args.container)?;
+    let tail = match args.tail.as_deref() {
+        None | Some("all") => None,
+        Some(n) => Some(
+            n.parse::<usize>()
+                .with_context(|| format!("invalid --tail value {n:?}"))?,
+        ),
+    };
+    let show = logs::Show {
+        timestamps: args.timestamps,
+    };
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let offset = logs::print(&c.log_path(), tail, show, &mut out, &mut err)?;
+    if args.follow {
+        let c2 = c.clone();
+        logs::follow(
+            &c.log_path(),
+            offset,
+            show,
+            &mut out,
+            &mut err,
+            &move || !c2.monitor_alive(),
+        )?;
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn exec_cmd(args: &ExecArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let c = find(root, &args.container)?;
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
+    let opts = ExecOptions {
+        cmd: args.command.clone(),
+        user: args.user.clone(),
+        env: args
+            .env
+            .iter()
+            .filter_map(|e| match super::parse_key_value(e) {
+                Ok((k, Some(v))) => Some(format!("{k}={v}")),
+                _ => None,
+            })
+            .collect(),
+        workdir: args.workdir.clone(),
+    };
+    if args.detach {
+        // The command keeps running after we return: its own session, output discarded.
+        let exe = std::env::current_exe()?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg("--root").arg(root).arg("exec");
+        if let Some(u) = &args.user {
+            cmd.arg("-u").arg(u);
+        }
+        for e in &opts.env {
+            cmd.arg("-e").arg(e);
+        }
+        if let Some(w) = &args.workdir {
+            cmd.arg("-w").arg(w);
+        }
+        cmd.arg(&c.config.id).args(&args.command);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        exec::running_pid(&c)?;
+        cmd.spawn().context("starting the detached exec")?;
+        return Ok(Outcome::Success);
+    }
+    let code = if args.tty {
+        exec::exec_tty(snapshots.as_ref(), &c, &opts, args.interactive)
+    } else {
+        let stdin = if args.interactive {
+            use std::os::fd::AsFd;
+            Some(std::fs::File::from(
+                std::io::stdin().as_fd().try_clone_to_owned()?,
+            ))
+        } else {
+            None
+        };
+        exec::exec(
+            snapshots.as_ref(),
+            &c,
+            &opts,
+            stdin,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )
+    };
+    match code {
+        Ok(code) => Ok(exit(code)),
+        Err(crate::run::RunError::Sandbox(e)) => {
+            eprintln!("kiln: error: {e}");
+            Ok(Outcome::Exit(exec::failure_code(&e) as u8))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// docker's `inspect` document for a container.
+pub fn inspect_json(c: &Container, s: &State) -> Value {
+    let cfg = &c.config;
+    let health = s.health.as_ref().map(|h| {
+        json!({
+            "Status": h.status,
+            "FailingStreak": h.failing_streak,
+            "Log": h.log,
+        })
+    });
+    let mut state = json!({
+        "Status": s.status.as_str(),
+        "Running": s.status == Status::Running,
+        "Paused": false,
+        "Restarting": s.status == Status::Restarting,
+        "OOMKilled": s.oom_killed,
+        "Dead": s.status == Status::Dead,
+        "Pid": s.pid,
+        "ExitCode": s.exit_code,
+        "Error": s.error,
+        "StartedAt": crate::run::state::rfc3339_nanos(s.started_at),
+        "FinishedAt": crate::run::state::rfc3339_nanos(s.finished_at),
+    });
+    if let Some(h) = health {
+        state["Health"] = h;
+    }
+    let mut port_map = serde_json::Map::new();
+    for p in &s.ports {
+        let key = format!("{}/{}", p.container_port, p.proto);
+        let entry = port_map.entry(key).or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(json!({"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}));
+        }
+    }
+    let networks: serde_json::Map<String, Value> = s
+        .networks
+        .iter()
+        .map(|n| {
+            (
+                n.network.clone(),
+                json!({
+                    "IPAddress": n.ip_address,
+                    "IPPrefixLen": n.ip_prefix_len,
+                    "Gateway": n.gateway,
+                    "MacAddress": n.mac_address,
+                    "Aliases": cfg.network_aliases,
+                }),
+            )
+        })
+        .collect();
+    let first_ip = s
+        .networks
+        .first()
+        .map(|n| n.ip_address.clone())
+        .unwrap_or_default();
+    json!({
+        "Id": cfg.id,
+        "Created": crate::run::state::rfc3339_nanos(cfg.created),
+        "Path": cfg.path,
+        "Args": cfg.args,
+        "State": state,
+        "Image": cfg.image_id.to_string(),
+        "ResolvConfPath": c.path("resolv.conf"),
+        "HostnamePath": c.path("hostname"),
+        "HostsPath": c.path("hosts"),
+        "LogPath": c.log_path(),
+        "Name": format!("/{}", cfg.name),
+        "RestartCount": s.restart_count,
+        "Driver": if cfg.rootfs_kind == "overlay" { "overlay2" } else { "vfs" },
+        "Platform": "linux",
+        "HostConfig": {
+            "NetworkMode": cfg.network_mode,
+            "RestartPolicy": cfg.restart_policy,
+            "AutoRemove": cfg.auto_remove,
+            "Memory": cfg.memory.unwrap_or(0),
+            "NanoCpus": cfg.nano_cpus.unwrap_or(0),
+            "PidsLimit": cfg.pids_limit,
+            "ReadonlyRootfs": cfg.readonly_rootfs,
+            "CapAdd": cfg.cap_add,
+            "CapDrop": cfg.cap_drop,
+            "SecurityOpt": if cfg.no_new_privileges { json!(["no-new-privileges"]) } else { Value::Null },
+            "Init": cfg.init,
+            "ExtraHosts": cfg.extra_hosts,
+            "PortBindings": cfg.ports.iter().map(|p| (format!("{}/{}", p.container_port, p.proto), json!([{"HostIp": p.host_ip, "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() }}]))).collect::<serde_json::Map<String, Value>>(),
+            "PublishAllPorts": cfg.publish_all,
+        },
+        "Mounts": cfg.mounts.iter().map(|m| json!({
+            "Type": m.kind,
+            "Name": if m.kind == "volume" { m.source.clone() } else { String::new() },
+            "Source": m.source,
+            "Destination": m.destination,
+            "RW": m.rw,
+        })).collect::<Vec<_>>(),
+        "Config": {
+            "Hostname": cfg.hostname,
+            "User": cfg.user,
+            "Tty": cfg.tty,
+            "OpenStdin": cfg.open_stdin,
+            "Env": cfg.env,
+            "Cmd": cfg.args,
+            "Image": cfg.image,
+            "WorkingDir": cfg.working_dir,
+            "Entrypoint": [cfg.path.clone()],
+            "Labels": cfg.labels,
+            "StopSignal": cfg.stop_signal,
+            "StopTimeout": cfg.stop_timeout,
+            "Healthcheck": cfg.healthcheck,
+            "ExposedPorts": cfg.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect::<serde_json::Map<String, Value>>(),
+        },
+        "NetworkSettings": {
+            "IPAddress": first_ip,
+            "Ports": port_map,
+            "Networks": networks,
+        },
+    })
+}
+
+pub fn inspect(args: &InspectArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let mut docs = Vec::new();
+    let mut failed = false;
+    let mut engine = None;
+    for n in &args.containers {
+        match find(root, n).and_then(|c| {
+            let s = c.state()?;
+            Ok(inspect_json(&c, &s))
+        }) {
+            Ok(d) => docs.push(d),
+            Err(e) => {
+                // Like docker, an image of that name is inspected too.
+                if engine.is_none() {
+                    engine = Some(Engine::open(root)?);
+                }
+                let image = engine.as_ref().and_then(|en| {
+                    let img = en.store.lookup(n).ok()?;
+                    let tags = en.store.tags_of(&img.manifest_digest).ok()?;
+                    Some(crate::engine::images::inspect_json(
+                        &img,
+                        &tags,
+                        "overlayfs",
+                    ))
+                });
+                match image {
+                    Some(d) => docs.push(d),
+                    None => {
+                        eprintln!("kiln: error: {e:#}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    match &args.format {
+        Some(f) => {
+            for d in &docs {
+                writeln!(out, "{}", render_template(f, d))?;
+            }
+        }
+        None => writeln!(out, "{}", serde_json::to_string_pretty(&docs)?)?,
+    }
+    Ok(if failed {
+        Outcome::Problems
+    } else {
+        Outcome::Success
+    })
+}
+
+pub fn port(args: &PortArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let c = find(root, &args.container)?;
+    let s = c.state()?;
+    let wanted = args.port.as_ref().map(|p| {
+        if p.contains('/') {
+            p.clone()
+        } else {
+            format!("{p}/tcp")
+        }
+    });
+    let mut out = std::io::stdout().lock();
+    let mut found = false;
+    for p in &s.ports {
+        let key = format!("{}/{}", p.container_port, p.proto);
+        let ip = if p.host_ip.is_empty() {
+            "0.0.0.0"
+        } else {
+            &p.host_ip
+        };
+        match &wanted {
+            Some(w) if *w == key => writeln!(out, "{ip}:{}", p.host_port)?,
+            Some(_) => continue,
+            None => writeln!(out, "{key} -> {ip}:{}", p.host_port)?,
+        }
+        found = true;
+    }
+    if !found {
+        if let Some(w) = wanted {
+            bail!("no public port '{w}' published for {}", c.short_id());
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// `CONTAINER:PATH` (a colon before any slash), else a host path.
+fn split_container_path(s: &str) -> Option<(&str, &str)> {
+    let (c, p) = s.split_once(':')?;
+    if c.is_empty() || c.contains('/') {
+        return None;
+    }
+    Some((c, p))
+}
+
+pub fn cp(args: &CpArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let snapshots = crate::run::rootfs::open_snapshots(root)?;
+    let (container, path, to_container) = match (
+        split_container_path(&args.src),
+        split_container_path(&args.dst),
+    ) {
+        (Some((c, p)), None) => (c, p, false),
+        (None, Some((c, p))) => (c, p, true),
+        (Some(_), Some(_)) => bail!("copying between containers is not supported"),
+        (None, None) => bail!("one of SRC and DST must be CONTAINER:PATH"),
+    };
+    let c = find(root, container)?;
+    let s = monitor::settle(root, &c)?;
+    // A running container's filesystem is reached through its first process; a stopped one
+    // is mounted for the copy.
+    let (base, _mount) = if s.status == Status::Running && s.pid > 0 {
+        (PathBuf::from(format!("/proc/{}/root", s.pid)), None)
+    } else {
+        let m = crate::run::rootfs::mount_on_host(snapshots.as_ref(), &c)?;
+        (m.path.clone(), Some(m))
+    };
+    let inner = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{}/{path}", c.config.working_dir.trim_end_matches('/'))
+    };
+    if to_container {
+        let src = Path::new(&args.src);
+        let dest_dir = crate::executor::rootfs::resolve_in_root(&base, &inner, true)?;
+        let dest = if dest_dir.is_dir() {
+            dest_dir.join(src.file_name().context("the source has no file name")?)
+        } else {
+            dest_dir
+        };
+        crate::executor::export_fs::copy_tree_or_file(src, &dest)
+            .with_context(|| format!("copying {} into {}:{path}", src.display(), c.short_id()))?;
+    } else {
+        let src = crate::executor::rootfs::resolve_in_root(&base, &inner, true)?;
+        if !src.exists() {
+            bail!("Could not find the file {path} in container {container}");
+        }
+        let dst = Path::new(&args.dst);
+        let dest = if dst.is_dir() {
+            dst.join(src.file_name().context("the source has no file name")?)
+        } else {
+            dst.to_path_buf()
+        };
+        crate::executor::export_fs::copy_tree_or_file(&src, &dest)
+            .with_context(|| format!("copying {}:{path} to {}", c.short_id(), dest.display()))?;
+    }
+    Ok(Outcome::Success)
+}
+
+pub fn prune(_args: &PruneArgs, root: &Path) -> anyhow::Result<Outcome> {
+    let containers = Containers::open(root)?;
+    let mut out = std::io::stdout().lock();
+    let mut removed = Vec::new();
+    for c in containers.list()? {
+        let s = monitor::settle(root, &c)?;
+        if s.is_running() {
+            continue;
+        }
+        lifecycle::release_and_remove(root, &c, false)?;
+        removed.push(c.config.id.clone());
+    }
+    if !removed.is_empty() {
+        writeln!(out, "Deleted Containers:")?;
+        for id in &removed {
+            writeln!(out, "{id}")?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out, "Total reclaimed space: 0B")?;
+    Ok(Outcome::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        let v = json!({"ID": "abc", "State": {"Status": "running", "ExitCode": 0}});
+        assert_eq!(
+            render_template("{{.ID}}\\t{{.State.Status}}", &v),
+            "abc\trunning"
+        );
+        assert_eq!(render_template("{{.State.ExitCode}}", &v), "0");
+        assert_eq!(
+            render_template("{{json .State}}", &v),
+            "{\"Status\":\"running\",\"ExitCode\":0}"
+        );
+        assert_eq!(render_template("{{.Nope}}", &v), "<no value>");
+    }
+
+    #[test]
+    fn container_paths() {
+        assert_eq!(split_container_path("web:/etc/x"), Some(("web", "/etc/x")));
+        assert_eq!(split_container_path("/tmp/a:b"), None);
+        assert_eq!(split_container_path("./x"), None);
+    }
+}
