@@ -888,3 +888,36 @@ fn docker_login_then_push_to_a_registry_with_basic_auth() {
         "{built}"
     );
 }
+
+#[test]
+fn docker_volume_create_ls_inspect_rm_prune() {
+    let d = Daemon::start();
+    assert_eq!(d.docker(&["volume", "create", "data1"]).trim(), "data1");
+    let anon = d.docker(&["volume", "create"]).trim().to_string();
+    assert_eq!(anon.len(), 64, "{anon}");
+    let ls = d.docker(&["volume", "ls"]);
+    assert!(ls.contains("DRIVER    VOLUME NAME"), "{ls}");
+    assert!(ls.contains("local     data1"), "{ls}");
+    let filtered = d.docker(&["volume", "ls", "-q", "--filter", "name=data"]);
+    assert_eq!(filtered.trim(), "data1");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.docker(&["volume", "inspect", "data1"])).expect("inspect JSON");
+    assert_eq!(inspect[0]["Name"], "data1");
+    assert_eq!(inspect[0]["Driver"], "local");
+    let mountpoint = inspect[0]["Mountpoint"].as_str().expect("mountpoint");
+    assert!(std::path::Path::new(mountpoint).is_dir(), "{mountpoint}");
+    // The same volume as in-process commands see.
+    assert_eq!(
+        d.k.ok(&["volume", "ls", "-q"]),
+        d.docker(&["volume", "ls", "-q"])
+    );
+    let (_, e) = d.docker_expect(&["volume", "create", "bad/name"], false);
+    assert!(e.contains("invalid characters"), "{e}");
+    let (_, e) = d.docker_expect(&["volume", "inspect", "nope"], false);
+    assert!(e.contains("No such volume"), "{e}");
+    assert_eq!(d.docker(&["volume", "rm", "data1"]).trim(), "data1");
+    // Prune takes the anonymous volume (and all unused ones with --all).
+    let pruned = d.docker(&["volume", "prune", "-f"]);
+    assert!(pruned.contains(&anon), "{pruned}");
+    assert!(d.docker(&["volume", "ls", "-q"]).trim().is_empty());
+}

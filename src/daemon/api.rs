@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{ApiError, ApiResult, Body, Query};
 use super::{
-    build, events, images, networks, registry, system, State, API_VERSION, MIN_API_VERSION,
+    build, events, images, networks, registry, system, volumes, State, API_VERSION, MIN_API_VERSION,
 };
 
 /// `1.43` → (1, 43).
@@ -123,6 +123,20 @@ async fn dispatch(
         (Method::POST, "/auth") => registry::auth(req).await,
         (Method::POST, "/build") => build::build(&state, &query, req).await,
         (Method::POST, "/build/prune") => build::prune(&state, &query).await,
+        (Method::GET, "/volumes") => volumes::list(&state, &query).await,
+        (Method::POST, "/volumes/create") => volumes::create(&state, req).await,
+        (Method::POST, "/volumes/prune") => volumes::prune(&state, &query).await,
+        (Method::GET, r) if one_segment(r, "/volumes/").is_some() => {
+            volumes::inspect(&state, one_segment(r, "/volumes/").unwrap_or_default()).await
+        }
+        (Method::DELETE, r) if one_segment(r, "/volumes/").is_some() => {
+            volumes::remove(
+                &state,
+                one_segment(r, "/volumes/").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
         (Method::GET, "/networks") => networks::list(&state, &query).await,
         (Method::POST, "/networks/create") => networks::create(&state, req).await,
         (Method::POST, "/networks/prune") => networks::prune(&state, &query).await,

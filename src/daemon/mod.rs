@@ -16,6 +16,7 @@ pub mod listen;
 mod networks;
 mod registry;
 mod system;
+mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -8,6 +8,7 @@ pub mod build;
 pub mod events;
 pub mod images;
 pub mod networks;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
