@@ -921,3 +921,35 @@ fn docker_volume_create_ls_inspect_rm_prune() {
     assert!(pruned.contains(&anon), "{pruned}");
     assert!(d.docker(&["volume", "ls", "-q"]).trim().is_empty());
 }
+
+#[test]
+fn docker_ps_inspect_stop_wait_rm_on_containers_kiln_ran() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("kd{}", std::process::id() % 100_000);
+    // Started in-process: the daemon shares the store.
+    let id =
+        d.k.ok(&["run", "-d", "--name", &name, base, "sleep", "300"])
+            .trim()
+            .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = d.docker(&["ps"]);
+    let row = ps
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("{name} not in:\n{ps}"));
+    assert!(row.starts_with(&id[..12]) && row.contains("Up "), "{ps}");
+    assert!(row.contains("\"sleep 300\""), "{ps}");
+    let running = d.docker(&["inspect", "-f", "{{.State.Running}} {{.Name}}", &name]);
+    assert_eq!(running.trim(), format!("true /{name}"));
+    assert_eq!(d.docker(&["stop", "-t", "1", &name]).trim(), name);
+    let ps_a = d.docker(&["ps", "-a", "--filter", &format!("name={name}")]);
+    assert!(ps_a.contains("Exited ("), "{ps_a}");
+    assert!(!d.docker(&["ps", "-q"]).contains(&id[..12]));
+    let code = d.docker(&["wait", &name]);
+    assert!(code.trim().parse::<i32>().is_ok_and(|c| c != 0), "{code}");
+    assert_eq!(d.docker(&["rm", &name]).trim(), name);
+    assert!(!d.docker(&["ps", "-a"]).contains(&name));
+    let (_, e) = d.docker_expect(&["rm", &name], false);
+    assert!(e.contains("No such container"), "{e}");
+}

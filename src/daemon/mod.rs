@@ -9,6 +9,7 @@
 
 mod api;
 mod build;
+mod containers;
 mod events;
 pub mod http;
 mod images;

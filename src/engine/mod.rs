@@ -5,6 +5,7 @@
 //! input, internal). Engine operations publish to an in-process [`events::EventBus`].
 
 pub mod build;
+pub mod containers;
 pub mod events;
 pub mod images;
 pub mod networks;
