@@ -953,3 +953,60 @@ fn docker_ps_inspect_stop_wait_rm_on_containers_kiln_ran() {
     let (_, e) = d.docker_expect(&["rm", &name], false);
     assert!(e.contains("No such container"), "{e}");
 }
+
+#[test]
+fn docker_run_detached_with_a_published_port() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let ctx = d.k.context(
+        "web",
+        &format!("FROM {base}\nCOPY index.html /www/index.html\nEXPOSE 80\n"),
+        &[("index.html", "served by kiln\n")],
+    );
+    d.docker(&["build", "-q", "-t", "web", ctx.to_str().expect("utf8")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let name = format!("kw{}", std::process::id() % 100_000);
+    let id = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "web",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("served by kiln") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ps = d.docker(&["ps"]);
+    let stopped = d.docker(&["rm", "-f", &name]);
+    assert_eq!(body, "served by kiln\n", "docker ps:\n{ps}");
+    assert!(ps.contains(&format!("127.0.0.1:{port}->80/tcp")), "{ps}");
+    assert_eq!(stopped.trim(), name);
+    let (_, e) = d.docker_expect(&["run", "-d", "nope:1", "true"], false);
+    assert!(e.contains("nope"), "{e}");
+}

@@ -132,6 +132,10 @@ async fn dispatch(
         (Method::POST, "/build") => build::build(&state, &query, req).await,
         (Method::POST, "/build/prune") => build::prune(&state, &query).await,
         (Method::GET, "/containers/json") => containers::list(&state, &query).await,
+        (Method::POST, "/containers/create") => containers::create(&state, &query, req).await,
+        (Method::POST, r) if container_action(r, "start").is_some() => {
+            containers::start(&state, container_action(r, "start").unwrap_or_default()).await
+        }
         (Method::GET, r) if container_action(r, "json").is_some() => {
             containers::inspect(&state, container_action(r, "json").unwrap_or_default()).await
         }

@@ -181,3 +181,226 @@ pub async fn remove(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     .await?;
     no_content(StatusCode::NO_CONTENT)
 }
+
+/// The parts of docker's ContainerCreate body kiln maps onto `kiln create`'s options.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateBody {
+    image: String,
+    cmd: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    working_dir: String,
+    user: String,
+    hostname: String,
+    tty: bool,
+    open_stdin: bool,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    stop_signal: Option<String>,
+    stop_timeout: Option<i64>,
+    host_config: Option<HostConfig>,
+    networking_config: Option<Value>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct HostConfig {
+    binds: Option<Vec<String>>,
+    port_bindings: Option<std::collections::BTreeMap<String, Option<Vec<PortBinding>>>>,
+    publish_all_ports: bool,
+    network_mode: String,
+    auto_remove: bool,
+    restart_policy: Option<RestartPolicy>,
+    memory: i64,
+    nano_cpus: i64,
+    pids_limit: Option<i64>,
+    cap_add: Option<Vec<String>>,
+    cap_drop: Option<Vec<String>>,
+    readonly_rootfs: bool,
+    security_opt: Option<Vec<String>>,
+    init: Option<bool>,
+    extra_hosts: Option<Vec<String>>,
+    tmpfs: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct PortBinding {
+    host_ip: String,
+    host_port: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct RestartPolicy {
+    name: String,
+    maximum_retry_count: i64,
+}
+
+/// docker's create body → kiln's create options (the same specs `kiln create` parses).
+fn create_options(
+    body: CreateBody,
+    name: Option<String>,
+) -> ApiResult<crate::run::create::CreateOptions> {
+    if body.image.is_empty() {
+        return Err(ApiError::bad_request("config.Image is required"));
+    }
+    let hc = body.host_config.unwrap_or_default();
+    let mut cmd = body.cmd.unwrap_or_default();
+    let entrypoint = match body.entrypoint {
+        None => None,
+        Some(e) if e.is_empty() => Some(String::new()),
+        Some(mut e) => {
+            let first = e.remove(0);
+            e.extend(cmd);
+            cmd = e;
+            Some(first)
+        }
+    };
+    let mut publish = Vec::new();
+    for (port, bindings) in hc.port_bindings.unwrap_or_default() {
+        for b in bindings.unwrap_or_default() {
+            let host = match (b.host_ip.as_str(), b.host_port.as_str()) {
+                ("", "") => String::new(),
+                ("", p) => format!("{p}:"),
+                (ip, p) => format!("{ip}:{p}:"),
+            };
+            publish.push(format!("{host}{port}"));
+        }
+    }
+    let (mut aliases, mut ip, mut network) = (Vec::new(), None, None);
+    if !hc.network_mode.is_empty() && hc.network_mode != "default" {
+        network = Some(hc.network_mode.clone());
+    }
+    if let Some(endpoints) = body
+        .networking_config
+        .as_ref()
+        .and_then(|n| n["EndpointsConfig"].as_object())
+    {
+        if let Some((net, cfg)) = endpoints.iter().next() {
+            if net != "default" {
+                network.get_or_insert_with(|| net.clone());
+            }
+            aliases = cfg["Aliases"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            ip = cfg["IPAMConfig"]["IPv4Address"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+        }
+    }
+    let restart = hc
+        .restart_policy
+        .filter(|r| !r.name.is_empty() && r.name != "no")
+        .map(|r| {
+            if r.maximum_retry_count > 0 {
+                format!("{}:{}", r.name, r.maximum_retry_count)
+            } else {
+                r.name
+            }
+        });
+    Ok(crate::run::create::CreateOptions {
+        image: body.image,
+        cmd,
+        name,
+        entrypoint,
+        env: body.env.unwrap_or_default(),
+        workdir: Some(body.working_dir).filter(|s| !s.is_empty()),
+        user: Some(body.user).filter(|s| !s.is_empty()),
+        hostname: Some(body.hostname).filter(|s| !s.is_empty()),
+        tty: body.tty,
+        interactive: body.open_stdin,
+        network,
+        network_aliases: aliases,
+        ip,
+        publish,
+        publish_all: hc.publish_all_ports,
+        add_hosts: hc.extra_hosts.unwrap_or_default(),
+        volumes: hc.binds.unwrap_or_default(),
+        mounts: Vec::new(),
+        tmpfs: hc
+            .tmpfs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, o)| if o.is_empty() { p } else { format!("{p}:{o}") })
+            .collect(),
+        read_only: hc.readonly_rootfs,
+        cap_add: hc.cap_add.unwrap_or_default(),
+        cap_drop: hc.cap_drop.unwrap_or_default(),
+        security_opts: hc.security_opt.unwrap_or_default(),
+        memory: (hc.memory > 0).then(|| hc.memory.to_string()),
+        cpus: (hc.nano_cpus > 0).then(|| hc.nano_cpus as f64 / 1e9),
+        pids_limit: hc.pids_limit.filter(|p| *p > 0),
+        restart,
+        auto_remove: hc.auto_remove,
+        init: hc.init.unwrap_or(false),
+        stop_signal: body.stop_signal.filter(|s| !s.is_empty()),
+        stop_timeout: body.stop_timeout,
+        labels: body
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        ..Default::default()
+    })
+}
+
+pub async fn create(
+    state: &Arc<State>,
+    query: &Query,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> ApiResult {
+    let body: Option<CreateBody> = super::http::read_json(req).await?;
+    let body = body.ok_or_else(|| ApiError::bad_request("the request needs a JSON body"))?;
+    let name = query
+        .get("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let opts = create_options(body, name)?;
+    let st = state.clone();
+    let id = blocking(move || {
+        let root = &st.engine.root;
+        let snapshots = crate::run::rootfs::open_snapshots(root)?;
+        let c = crate::run::create::create(root, &st.engine.store, snapshots.as_ref(), &opts)
+            .map_err(|e| match e {
+                crate::run::RunError::Image(m) => {
+                    ApiError::not_found(format!("No such image: {m}"))
+                }
+                e => e.into(),
+            })?;
+        publish(&st, "create", &c);
+        Ok(c.id().to_string())
+    })
+    .await?;
+    Ok(super::http::json_status(
+        StatusCode::CREATED,
+        &json!({"Id": id, "Warnings": []}),
+    ))
+}
+
+pub async fn start(state: &Arc<State>, key: &str) -> ApiResult {
+    let st = state.clone();
+    let key = key.to_string();
+    let started = blocking(move || {
+        let c = find(&st, &key)?;
+        if c.state()?.is_running() {
+            return Ok(false);
+        }
+        lifecycle::start_detached(&st.engine.root, &c)?;
+        publish(&st, "start", &c);
+        Ok(true)
+    })
+    .await?;
+    no_content(if started {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_MODIFIED
+    })
+}
