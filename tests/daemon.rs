@@ -1010,3 +1010,27 @@ fn docker_run_detached_with_a_published_port() {
     let (_, e) = d.docker_expect(&["run", "-d", "nope:1", "true"], false);
     assert!(e.contains("nope"), "{e}");
 }
+
+#[test]
+fn docker_logs_and_logs_follow() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("kl{}", std::process::id() % 100_000);
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        base,
+        "sh",
+        "-c",
+        "echo first; echo oops >&2; sleep 1; echo second",
+    ]);
+    // -f follows until the container exits.
+    let (out, err) = d.docker_expect(&["logs", "-f", &name], true);
+    assert_eq!(out, "first\nsecond\n", "stderr: {err}");
+    assert_eq!(err, "oops\n");
+    let (out, _) = d.docker_expect(&["logs", "--tail", "1", &name], true);
+    assert_eq!(out, "second\n");
+    d.docker(&["rm", &name]);
+}

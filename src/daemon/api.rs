@@ -139,6 +139,14 @@ async fn dispatch(
         (Method::GET, r) if container_action(r, "json").is_some() => {
             containers::inspect(&state, container_action(r, "json").unwrap_or_default()).await
         }
+        (Method::GET, r) if container_action(r, "logs").is_some() => {
+            containers::logs(
+                &state,
+                container_action(r, "logs").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
         (Method::POST, r) if container_action(r, "stop").is_some() => {
             containers::stop(
                 &state,

@@ -404,3 +404,111 @@ pub async fn start(state: &Arc<State>, key: &str) -> ApiResult {
         StatusCode::NOT_MODIFIED
     })
 }
+
+/// One stream of docker's multiplexed format: each write becomes a frame
+/// `[stream, 0, 0, 0, len (u32 BE)] + bytes` (stream 1 = stdout, 2 = stderr); a tty
+/// container's output goes raw (`stream` None).
+struct MuxWriter {
+    tx: tokio::sync::mpsc::Sender<super::http::Chunk>,
+    stream: Option<u8>,
+}
+
+impl std::io::Write for MuxWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut frame = Vec::with_capacity(buf.len() + 8);
+        if let Some(s) = self.stream {
+            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            frame.extend_from_slice(&[s, 0, 0, 0]);
+            frame.extend_from_slice(&len.to_be_bytes());
+        }
+        frame.extend_from_slice(buf);
+        self.tx
+            .blocking_send(Ok(bytes::Bytes::from(frame)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that drops everything (a stream the client did not ask for).
+struct Discard;
+
+impl std::io::Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `GET /containers/{id}/logs` (`stdout`, `stderr`, `follow`, `tail`, `timestamps`): the
+/// json-file log in docker's multiplexed stream format (raw for tty containers); with
+/// `follow`, until the container stops or the client leaves.
+pub async fn logs(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
+    let (want_out, want_err) = (query.flag("stdout"), query.flag("stderr"));
+    if !want_out && !want_err {
+        return Err(ApiError::bad_request(
+            "you must choose at least one stream (stdout or stderr)",
+        ));
+    }
+    let tail = match query.get("tail").filter(|t| !t.is_empty() && *t != "all") {
+        Some(t) => Some(t.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("invalid tail {t:?}: expected a number or \"all\""))
+        })?),
+        None => None,
+    };
+    let follow = query.flag("follow");
+    let show = crate::run::logs::Show {
+        timestamps: query.flag("timestamps"),
+    };
+    let c = {
+        let st = state.clone();
+        let key = key.to_string();
+        blocking(move || find(&st, &key)).await?
+    };
+    let tty = c.config.tty;
+    let (tx, resp) = super::http::stream(if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    });
+    let root = state.engine.root.clone();
+    tokio::task::spawn_blocking(move || {
+        let writer = |wanted: bool, stream: u8| -> Box<dyn std::io::Write> {
+            if wanted {
+                Box::new(MuxWriter {
+                    tx: tx.clone(),
+                    stream: (!tty).then_some(stream),
+                })
+            } else {
+                Box::new(Discard)
+            }
+        };
+        let (mut out, mut err) = (writer(want_out, 1), writer(want_err, 2));
+        let path = c.log_path();
+        let result =
+            crate::run::logs::print(&path, tail, show, &mut *out, &mut *err).and_then(|offset| {
+                if !follow {
+                    return Ok(());
+                }
+                let done = || {
+                    crate::run::monitor::settle(&root, &c)
+                        .map(|s| !s.is_running())
+                        .unwrap_or(true)
+                        || tx.is_closed()
+                };
+                crate::run::logs::follow(&path, offset, show, &mut *out, &mut *err, &done)
+            });
+        if let Err(e) = result {
+            tracing::debug!("logs of {}: {e}", c.id());
+        }
+    });
+    Ok(resp)
+}
