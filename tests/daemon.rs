@@ -204,7 +204,8 @@ fn docker_build_images_inspect_tag_rmi() {
     // The same build again comes from the cache.
     let again = d.docker(&["build", "-t", "x", ctx.to_str().expect("utf8")]);
     assert!(again.contains(" ---> Using cache"), "{again}");
-    let quiet = d.docker(&["build", "-q", ctx.to_str().expect("utf8")]);
+    // (A rebuild a second later is a new image: `created` is part of the config.)
+    let quiet = d.docker(&["build", "-q", "-t", "x", ctx.to_str().expect("utf8")]);
     let id = quiet.trim().to_string();
     assert!(id.starts_with("sha256:") && id.len() == 71, "{quiet}");
 
@@ -641,6 +642,28 @@ fn kiln_client_mode_goes_through_the_api() {
         stderr(&out)
     );
 
+    // Networks through the API print what in-process commands print.
+    let net = format!("kc{}", std::process::id() % 100_000);
+    let out = client(&["network", "create", "--subnet", "10.213.7.0/24", &net]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    assert_eq!(
+        stdout(&client(&["network", "ls"])),
+        d.k.ok(&["network", "ls"])
+    );
+    assert_eq!(
+        stdout(&client(&["network", "inspect", &net])),
+        d.k.ok(&["network", "inspect", &net])
+    );
+    let out = client(&["network", "rm", &net, "nope"]);
+    assert_eq!(stdout(&out), format!("{net}\n"));
+    assert!(
+        stderr(&out).contains("kiln: error: network nope not found"),
+        "{}",
+        stderr(&out)
+    );
+
     // DOCKER_HOST naming a kiln daemon is used too.
     let mut c = kiln(d.k.work.path().join("client-root").as_path());
     c.env("DOCKER_HOST", &host)
@@ -807,4 +830,207 @@ fn docker_build_with_dockerfile_outside_the_context_or_on_stdin() {
         text.contains("Successfully tagged fromstdin:latest"),
         "{text}"
     );
+}
+
+#[test]
+fn docker_login_then_push_to_a_registry_with_basic_auth() {
+    let reg = crate::registry::TestRegistry::start(Some(("kiln", "s3cret")));
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("{}/private/app:1", reg.addr);
+    d.docker(&["tag", base, &name]);
+    let (_, e) = d.docker_expect(&["push", &name], false);
+    assert!(
+        e.contains("requires authentication") || e.contains("401"),
+        "{e}"
+    );
+    let mut login = d.docker_cmd(&["login", &reg.addr, "-u", "kiln", "--password-stdin"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("docker login");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"wrong\n").expect("stdin");
+    let out = child.wait_with_output().expect("docker login");
+    assert!(!out.status.success(), "a wrong password logged in");
+    let mut login = d.docker_cmd(&["login", &reg.addr, "-u", "kiln", "--password-stdin"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("docker login");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"s3cret\n").expect("stdin");
+    let out = child.wait_with_output().expect("docker login");
+    assert!(
+        stdout(&out).contains("Login Succeeded"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // The CLI keeps the credentials and sends them with the push (X-Registry-Auth).
+    let pushed = d.docker(&["push", &name]);
+    assert!(pushed.contains("1: digest: sha256:"), "{pushed}");
+    d.docker(&["rmi", &name]);
+    let pulled = d.docker(&["pull", &name]);
+    assert!(pulled.contains("Digest: sha256:"), "{pulled}");
+    // A build FROM the private image pulls it with the credentials the CLI sends along
+    // (X-Registry-Config); the daemon itself has none.
+    d.docker(&["rmi", &name]);
+    d.docker(&["image", "prune", "-a", "-f"]);
+    let ctx = d.k.context(
+        "private-from",
+        &format!("FROM {name}\nLABEL from=private\n"),
+        &[],
+    );
+    let built = d.docker(&["build", "-t", "fromprivate", ctx.to_str().expect("utf8")]);
+    assert!(
+        built.contains("Successfully tagged fromprivate:latest"),
+        "{built}"
+    );
+}
+
+#[test]
+fn docker_volume_create_ls_inspect_rm_prune() {
+    let d = Daemon::start();
+    assert_eq!(d.docker(&["volume", "create", "data1"]).trim(), "data1");
+    let anon = d.docker(&["volume", "create"]).trim().to_string();
+    assert_eq!(anon.len(), 64, "{anon}");
+    let ls = d.docker(&["volume", "ls"]);
+    assert!(ls.contains("DRIVER    VOLUME NAME"), "{ls}");
+    assert!(ls.contains("local     data1"), "{ls}");
+    let filtered = d.docker(&["volume", "ls", "-q", "--filter", "name=data"]);
+    assert_eq!(filtered.trim(), "data1");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&d.docker(&["volume", "inspect", "data1"])).expect("inspect JSON");
+    assert_eq!(inspect[0]["Name"], "data1");
+    assert_eq!(inspect[0]["Driver"], "local");
+    let mountpoint = inspect[0]["Mountpoint"].as_str().expect("mountpoint");
+    assert!(std::path::Path::new(mountpoint).is_dir(), "{mountpoint}");
+    // The same volume as in-process commands see.
+    assert_eq!(
+        d.k.ok(&["volume", "ls", "-q"]),
+        d.docker(&["volume", "ls", "-q"])
+    );
+    let (_, e) = d.docker_expect(&["volume", "create", "bad/name"], false);
+    assert!(e.contains("invalid characters"), "{e}");
+    let (_, e) = d.docker_expect(&["volume", "inspect", "nope"], false);
+    assert!(e.contains("No such volume"), "{e}");
+    assert_eq!(d.docker(&["volume", "rm", "data1"]).trim(), "data1");
+    // Prune takes the anonymous volume (and all unused ones with --all).
+    let pruned = d.docker(&["volume", "prune", "-f"]);
+    assert!(pruned.contains(&anon), "{pruned}");
+    assert!(d.docker(&["volume", "ls", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn docker_ps_inspect_stop_wait_rm_on_containers_kiln_ran() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("kd{}", std::process::id() % 100_000);
+    // Started in-process: the daemon shares the store.
+    let id =
+        d.k.ok(&["run", "-d", "--name", &name, base, "sleep", "300"])
+            .trim()
+            .to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let ps = d.docker(&["ps"]);
+    let row = ps
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("{name} not in:\n{ps}"));
+    assert!(row.starts_with(&id[..12]) && row.contains("Up "), "{ps}");
+    assert!(row.contains("\"sleep 300\""), "{ps}");
+    let running = d.docker(&["inspect", "-f", "{{.State.Running}} {{.Name}}", &name]);
+    assert_eq!(running.trim(), format!("true /{name}"));
+    assert_eq!(d.docker(&["stop", "-t", "1", &name]).trim(), name);
+    let ps_a = d.docker(&["ps", "-a", "--filter", &format!("name={name}")]);
+    assert!(ps_a.contains("Exited ("), "{ps_a}");
+    assert!(!d.docker(&["ps", "-q"]).contains(&id[..12]));
+    let code = d.docker(&["wait", &name]);
+    assert!(code.trim().parse::<i32>().is_ok_and(|c| c != 0), "{code}");
+    assert_eq!(d.docker(&["rm", &name]).trim(), name);
+    assert!(!d.docker(&["ps", "-a"]).contains(&name));
+    let (_, e) = d.docker_expect(&["rm", &name], false);
+    assert!(e.contains("No such container"), "{e}");
+}
+
+#[test]
+fn docker_run_detached_with_a_published_port() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let ctx = d.k.context(
+        "web",
+        &format!("FROM {base}\nCOPY index.html /www/index.html\nEXPOSE 80\n"),
+        &[("index.html", "served by kiln\n")],
+    );
+    d.docker(&["build", "-q", "-t", "web", ctx.to_str().expect("utf8")]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let name = format!("kw{}", std::process::id() % 100_000);
+    let id = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("127.0.0.1:{port}:80"),
+        "web",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("served by kiln") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let ps = d.docker(&["ps"]);
+    let stopped = d.docker(&["rm", "-f", &name]);
+    assert_eq!(body, "served by kiln\n", "docker ps:\n{ps}");
+    assert!(ps.contains(&format!("127.0.0.1:{port}->80/tcp")), "{ps}");
+    assert_eq!(stopped.trim(), name);
+    let (_, e) = d.docker_expect(&["run", "-d", "nope:1", "true"], false);
+    assert!(e.contains("nope"), "{e}");
+}
+
+#[test]
+fn docker_logs_and_logs_follow() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("kl{}", std::process::id() % 100_000);
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        base,
+        "sh",
+        "-c",
+        "echo first; echo oops >&2; sleep 1; echo second",
+    ]);
+    // -f follows until the container exits.
+    let (out, err) = d.docker_expect(&["logs", "-f", &name], true);
+    assert_eq!(out, "first\nsecond\n", "stderr: {err}");
+    assert_eq!(err, "oops\n");
+    let (out, _) = d.docker_expect(&["logs", "--tail", "1", &name], true);
+    assert_eq!(out, "second\n");
+    d.docker(&["rm", &name]);
 }

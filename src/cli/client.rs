@@ -15,6 +15,7 @@ use super::images::{self, ImageRow};
 use super::progress::{self, ProgressMode};
 use super::{archive, Cli, Command, ImageCommand, Outcome};
 use crate::engine::images::HistoryEntry;
+use crate::run::network::{CreateOptions, NetworkInfo};
 
 /// A connection to a daemon.
 pub struct ApiClient {
@@ -169,7 +170,7 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
             super::builder::BuilderCommand::Prune(args) => builder_prune(&api, args),
         },
         Command::System { .. } => not_yet("system"),
-        Command::Network { .. } => not_yet("network"),
+        Command::Network { command } => super::network::run_with(command, &api),
         Command::Run(_)
         | Command::Create(_)
         | Command::Start(_)
@@ -674,4 +675,95 @@ fn builder_prune(api: &ApiClient, args: &super::builder::PruneArgs) -> anyhow::R
         super::format::human_size(v["SpaceReclaimed"].as_u64().unwrap_or(0))
     )?;
     Ok(Outcome::Success)
+}
+
+/// The daemon's answer to a failed request, as the bare message (network commands print
+/// `kiln: error: …` like in-process).
+fn bare(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<DaemonError>() {
+        Ok(d) => anyhow::anyhow!("{}", d.0),
+        Err(e) => e,
+    }
+}
+
+/// docker's network object → kiln's record (what `network ls` needs).
+fn network_from_json(v: &Value) -> NetworkInfo {
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let ipam = &v["IPAM"]["Config"][0];
+    NetworkInfo {
+        id: s("Id"),
+        name: s("Name"),
+        driver: s("Driver"),
+        created: s("Created"),
+        subnet: ipam["Subnet"].as_str().and_then(|x| x.parse().ok()),
+        gateway: ipam["Gateway"].as_str().and_then(|x| x.parse().ok()),
+        internal: v["Internal"].as_bool().unwrap_or(false),
+        user_subnet: false,
+        labels: serde_json::from_value(v["Labels"].clone()).unwrap_or_default(),
+        bridge: v["Options"]["com.docker.network.bridge.name"]
+            .as_str()
+            .map(str::to_string),
+        endpoints: Default::default(),
+        last_ip: None,
+    }
+}
+
+impl super::network::NetworkBackend for ApiClient {
+    fn create(&self, name: &str, opts: &CreateOptions) -> anyhow::Result<String> {
+        let mut config = serde_json::Map::new();
+        if let Some(sn) = opts.subnet {
+            config.insert("Subnet".into(), Value::from(sn.to_string()));
+        }
+        if let Some(g) = opts.gateway {
+            config.insert("Gateway".into(), Value::from(g.to_string()));
+        }
+        let body = serde_json::json!({
+            "Name": name,
+            "Driver": opts.driver.clone().unwrap_or_else(|| "bridge".into()),
+            "Internal": opts.internal,
+            "Labels": opts.labels,
+            "IPAM": {"Driver": "default", "Config": if config.is_empty() { vec![] } else { vec![Value::Object(config)] }},
+        });
+        let resp = self
+            .send(self.http.post(self.url("/networks/create")).json(&body))
+            .map_err(bare)?;
+        let v: Value = serde_json::from_reader(resp).context("reading the daemon's answer")?;
+        Ok(v["Id"].as_str().unwrap_or_default().to_string())
+    }
+
+    fn list(&self) -> anyhow::Result<Vec<NetworkInfo>> {
+        let v = self.get_json("/networks").map_err(bare)?;
+        Ok(v.as_array()
+            .map(|a| a.iter().map(network_from_json).collect())
+            .unwrap_or_default())
+    }
+
+    fn inspect(&self, name: &str) -> anyhow::Result<Value> {
+        self.get_json(&format!("/networks/{}", enc(name)))
+            .map_err(bare)
+    }
+
+    fn remove(&self, name: &str) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .delete(self.url(&format!("/networks/{}", enc(name)))),
+        )
+        .map_err(bare)?;
+        Ok(())
+    }
+
+    fn prune(&self) -> anyhow::Result<Vec<String>> {
+        let resp = self
+            .send(self.http.post(self.url("/networks/prune")))
+            .map_err(bare)?;
+        let v: Value = serde_json::from_reader(resp).context("reading the daemon's answer")?;
+        Ok(v["NetworksDeleted"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
 }

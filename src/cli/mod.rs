@@ -9,7 +9,7 @@ mod client;
 mod container;
 mod daemon;
 mod engine;
-mod format;
+pub(crate) mod format;
 mod images;
 mod network;
 mod progress;

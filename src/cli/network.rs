@@ -84,17 +84,51 @@ pub struct PruneArgs {
 }
 
 pub fn run(command: &NetworkCommand, root: &Path) -> anyhow::Result<Outcome> {
-    let nets = Networks::open(root)?;
-    match command {
-        NetworkCommand::Create(a) => create(a, &nets),
-        NetworkCommand::Ls(a) => ls(a, &nets),
-        NetworkCommand::Inspect(a) => inspect(a, &nets),
-        NetworkCommand::Rm(a) => rm(a, &nets),
-        NetworkCommand::Prune(a) => prune(a, &nets),
+    run_with(command, &Networks::open(root)?)
+}
+
+/// Where network commands go: the local networks, or a daemon (`kiln -H`). Errors are the
+/// bare messages (printed as `kiln: error: …` either way).
+pub trait NetworkBackend {
+    fn create(&self, name: &str, opts: &CreateOptions) -> anyhow::Result<String>;
+    fn list(&self) -> anyhow::Result<Vec<NetworkInfo>>;
+    /// docker's `network inspect` object.
+    fn inspect(&self, name: &str) -> anyhow::Result<serde_json::Value>;
+    fn remove(&self, name: &str) -> anyhow::Result<()>;
+    /// Names of the removed networks.
+    fn prune(&self) -> anyhow::Result<Vec<String>>;
+}
+
+impl NetworkBackend for Networks {
+    fn create(&self, name: &str, opts: &CreateOptions) -> anyhow::Result<String> {
+        Ok(Networks::create(self, name, opts)?.id)
+    }
+    fn list(&self) -> anyhow::Result<Vec<NetworkInfo>> {
+        Ok(Networks::list(self)?)
+    }
+    fn inspect(&self, name: &str) -> anyhow::Result<serde_json::Value> {
+        Ok(inspect_json(&Networks::inspect(self, name)?))
+    }
+    fn remove(&self, name: &str) -> anyhow::Result<()> {
+        Ok(Networks::remove(self, name)?)
+    }
+    fn prune(&self) -> anyhow::Result<Vec<String>> {
+        Ok(Networks::prune(self)?)
     }
 }
 
-fn create(a: &CreateArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+/// Runs a network command against `nets`.
+pub fn run_with(command: &NetworkCommand, nets: &dyn NetworkBackend) -> anyhow::Result<Outcome> {
+    match command {
+        NetworkCommand::Create(a) => create(a, nets),
+        NetworkCommand::Ls(a) => ls(a, nets),
+        NetworkCommand::Inspect(a) => inspect(a, nets),
+        NetworkCommand::Rm(a) => rm(a, nets),
+        NetworkCommand::Prune(a) => prune(a, nets),
+    }
+}
+
+fn create(a: &CreateArgs, nets: &dyn NetworkBackend) -> anyhow::Result<Outcome> {
     let mut labels = BTreeMap::new();
     for l in &a.labels {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
@@ -127,12 +161,12 @@ fn create(a: &CreateArgs, nets: &Networks) -> anyhow::Result<Outcome> {
         internal: a.internal,
         labels,
     };
-    let info = nets.create(&a.name, &opts)?;
-    println!("{}", info.id);
+    let id = nets.create(&a.name, &opts)?;
+    println!("{id}");
     Ok(Outcome::Success)
 }
 
-fn ls(a: &LsArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+fn ls(a: &LsArgs, nets: &dyn NetworkBackend) -> anyhow::Result<Outcome> {
     let all = nets.list()?;
     let id = |n: &NetworkInfo| {
         if a.no_trunc {
@@ -230,12 +264,12 @@ fn labels(n: &NetworkInfo) -> String {
         .join(",")
 }
 
-fn inspect(a: &InspectArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+fn inspect(a: &InspectArgs, nets: &dyn NetworkBackend) -> anyhow::Result<Outcome> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &a.networks {
         match nets.inspect(name) {
-            Ok(n) => found.push(inspect_json(&n)),
+            Ok(n) => found.push(n),
             Err(e) => errors.push(e.to_string()),
         }
     }
@@ -256,7 +290,7 @@ fn inspect(a: &InspectArgs, nets: &Networks) -> anyhow::Result<Outcome> {
     })
 }
 
-fn rm(a: &RmArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+fn rm(a: &RmArgs, nets: &dyn NetworkBackend) -> anyhow::Result<Outcome> {
     let mut failed = false;
     for name in &a.networks {
         match nets.remove(name) {
@@ -274,7 +308,7 @@ fn rm(a: &RmArgs, nets: &Networks) -> anyhow::Result<Outcome> {
     })
 }
 
-fn prune(a: &PruneArgs, nets: &Networks) -> anyhow::Result<Outcome> {
+fn prune(a: &PruneArgs, nets: &dyn NetworkBackend) -> anyhow::Result<Outcome> {
     if !a.force {
         eprint!("WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue? [y/N] ");
         let mut answer = String::new();

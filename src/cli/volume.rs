@@ -4,11 +4,11 @@ use std::io::Write;
 use std::path::Path;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::format::table;
 use super::Outcome;
-use crate::run::volume::{Volume, Volumes};
+use crate::engine::volumes::inspect_json;
+use crate::run::volume::Volumes;
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -62,18 +62,6 @@ pub struct PruneArgs {
     /// Do not prompt for confirmation.
     #[arg(short = 'f', long)]
     pub force: bool,
-}
-
-fn inspect_json(v: &Volume) -> serde_json::Value {
-    json!({
-        "CreatedAt": v.meta.created_at,
-        "Driver": "local",
-        "Labels": v.meta.labels,
-        "Mountpoint": v.mountpoint,
-        "Name": v.meta.name,
-        "Options": null,
-        "Scope": "local",
-    })
 }
 
 pub fn dispatch(cmd: &VolumeCommand, root: &Path) -> anyhow::Result<Outcome> {

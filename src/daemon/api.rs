@@ -12,7 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{ApiError, ApiResult, Body, Query};
 use super::{
-    build, events, images, networks, registry, system, State, API_VERSION, MIN_API_VERSION,
+    build, containers, events, images, networks, registry, system, volumes, State, API_VERSION,
+    MIN_API_VERSION,
 };
 
 /// `1.43` → (1, 43).
@@ -94,6 +95,13 @@ fn image_action<'a>(route: &'a str, actions: &[&str]) -> Option<(&'a str, &'a st
     (!name.is_empty() && actions.contains(&action)).then_some((name, action))
 }
 
+/// `/containers/{id}/{action}` → `id`.
+fn container_action<'a>(route: &'a str, action: &str) -> Option<&'a str> {
+    let rest = route.strip_prefix("/containers/")?;
+    let (id, act) = rest.split_once('/')?;
+    (!id.is_empty() && act == action).then_some(id)
+}
+
 /// `/networks/{id}` → `id` (one non-empty path segment after the prefix).
 fn one_segment<'a>(route: &'a str, prefix: &str) -> Option<&'a str> {
     route
@@ -120,8 +128,66 @@ async fn dispatch(
         (Method::GET, "/images/get") => images::save(&state, query.all("names")).await,
         (Method::POST, "/images/load") => images::load(&state, &query, req).await,
         (Method::POST, "/images/create") => registry::pull(&state, &query, req).await,
+        (Method::POST, "/auth") => registry::auth(req).await,
         (Method::POST, "/build") => build::build(&state, &query, req).await,
         (Method::POST, "/build/prune") => build::prune(&state, &query).await,
+        (Method::GET, "/containers/json") => containers::list(&state, &query).await,
+        (Method::POST, "/containers/create") => containers::create(&state, &query, req).await,
+        (Method::POST, r) if container_action(r, "start").is_some() => {
+            containers::start(&state, container_action(r, "start").unwrap_or_default()).await
+        }
+        (Method::GET, r) if container_action(r, "json").is_some() => {
+            containers::inspect(&state, container_action(r, "json").unwrap_or_default()).await
+        }
+        (Method::GET, r) if container_action(r, "logs").is_some() => {
+            containers::logs(
+                &state,
+                container_action(r, "logs").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
+        (Method::POST, r) if container_action(r, "stop").is_some() => {
+            containers::stop(
+                &state,
+                container_action(r, "stop").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
+        (Method::POST, r) if container_action(r, "kill").is_some() => {
+            containers::kill(
+                &state,
+                container_action(r, "kill").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
+        (Method::POST, r) if container_action(r, "wait").is_some() => {
+            containers::wait(&state, container_action(r, "wait").unwrap_or_default()).await
+        }
+        (Method::DELETE, r) if one_segment(r, "/containers/").is_some() => {
+            containers::remove(
+                &state,
+                one_segment(r, "/containers/").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
+        (Method::GET, "/volumes") => volumes::list(&state, &query).await,
+        (Method::POST, "/volumes/create") => volumes::create(&state, req).await,
+        (Method::POST, "/volumes/prune") => volumes::prune(&state, &query).await,
+        (Method::GET, r) if one_segment(r, "/volumes/").is_some() => {
+            volumes::inspect(&state, one_segment(r, "/volumes/").unwrap_or_default()).await
+        }
+        (Method::DELETE, r) if one_segment(r, "/volumes/").is_some() => {
+            volumes::remove(
+                &state,
+                one_segment(r, "/volumes/").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
         (Method::GET, "/networks") => networks::list(&state, &query).await,
         (Method::POST, "/networks/create") => networks::create(&state, req).await,
         (Method::POST, "/networks/prune") => networks::prune(&state, &query).await,

@@ -235,7 +235,9 @@ pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) ->
     }
     let build_args: BTreeMap<String, Option<String>> = query.json("buildargs")?.unwrap_or_default();
     let labels: BTreeMap<String, String> = query.json("labels")?.unwrap_or_default();
+    let (registry, creds_dir) = super::registry::settings_for_build(&req)?;
     let request = BuildRequest {
+        registry: Some(registry),
         context: ContextSource::Tar(Box::new(CompleteTar::new(std::io::BufReader::new(
             BodyReader::new(req.into_body()),
         )))),
@@ -265,6 +267,8 @@ pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) ->
     let (tx, resp) = stream("application/json");
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
+        // The client's registry credentials live as long as the build.
+        let _creds = creds_dir;
         if kiln_events {
             let progress = KilnProgress {
                 tx: tx.clone(),

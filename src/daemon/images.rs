@@ -21,9 +21,11 @@ use crate::engine::EngineError;
 use crate::graph::Platform;
 use crate::reference::Reference;
 
-/// Images containers use (none until containers exist in this build).
-fn in_use(_state: &State) -> crate::engine::images::InUse {
-    Default::default()
+/// Images containers use (docker keeps those).
+fn in_use(state: &State) -> ApiResult<crate::engine::images::InUse> {
+    crate::run::state::Containers::open(&state.engine.root)
+        .and_then(|c| c.images_in_use())
+        .map_err(|e| ApiError::internal(format!("reading the containers: {e}")))
 }
 
 /// Docker's ImageSummary for one image.
@@ -228,7 +230,7 @@ pub async fn remove(state: &Arc<State>, name: &str, query: &Query) -> ApiResult 
             .lookup(&name)
             .map(|i| i.id().to_string())
             .map_err(EngineError::from)?;
-        let removed = crate::engine::images::remove(store, &name, force, &in_use(&st))?;
+        let removed = crate::engine::images::remove(store, &name, force, &in_use(&st)?)?;
         publish_removals(&st, &removed, &id);
         if !noprune {
             crate::engine::images::collect_garbage(store, false)?;
@@ -263,7 +265,7 @@ pub async fn prune(state: &Arc<State>, query: &Query) -> ApiResult {
                 || until.is_some_and(|u| created_secs(&l.image).unwrap_or(0) >= u)
         };
         let (removed, reclaimed) =
-            crate::engine::images::prune(&st.engine.store, all, &in_use(&st), keep)?;
+            crate::engine::images::prune(&st.engine.store, all, &in_use(&st)?, keep)?;
         publish_removals(&st, &removed, "");
         Ok((removed, reclaimed))
     })

@@ -9,6 +9,7 @@
 
 mod api;
 mod build;
+mod containers;
 mod events;
 pub mod http;
 mod images;
@@ -16,6 +17,7 @@ pub mod listen;
 mod networks;
 mod registry;
 mod system;
+mod volumes;
 
 use std::path::PathBuf;
 use std::sync::Arc;

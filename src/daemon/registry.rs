@@ -18,7 +18,7 @@ use crate::cache::export::LayerCompression;
 use crate::cache::Digest;
 use crate::engine::events::Event;
 use crate::graph::Platform;
-use crate::push::client::{parse_reference, RegistrySettings};
+use crate::push::client::{parse_reference, RegistryError, RegistrySettings};
 use crate::push::credentials::{base64, Credentials, DockerConfig};
 use crate::push::progress::Progress;
 use crate::reference::Reference;
@@ -88,6 +88,83 @@ fn error_line(message: &str) -> Chunk {
     json_line(&json!({"errorDetail": {"message": message}, "error": message}))
 }
 
+/// Decodes a base64url JSON header (`X-Registry-Auth`, `X-Registry-Config`).
+fn decode_header(header: &str, name: &str) -> ApiResult<Value> {
+    let mut std_b64: String = header
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    while !std_b64.len().is_multiple_of(4) {
+        std_b64.push('=');
+    }
+    base64::decode(&std_b64)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| ApiError::bad_request(format!("invalid {name} header")))
+}
+
+/// One AuthConfig (`{username, password | identitytoken}`) as credentials, if it has any.
+fn credentials_of(auth: &Value) -> Option<Credentials> {
+    let user = auth["username"].as_str().unwrap_or_default();
+    match (auth["identitytoken"].as_str(), auth["password"].as_str()) {
+        (Some(t), _) if !t.is_empty() => Some(Credentials::identity_token(user, t)),
+        (_, Some(p)) if !user.is_empty() => Some(Credentials::basic(user, p)),
+        _ => None,
+    }
+}
+
+/// Registry settings for a build: the daemon's, with every registry's credentials from the
+/// client's `X-Registry-Config` (base64url JSON `{registry: AuthConfig}`) in a private
+/// docker config.
+pub fn settings_for_build(
+    req: &Request<Incoming>,
+) -> ApiResult<(RegistrySettings, Option<tempfile::TempDir>)> {
+    let mut settings = RegistrySettings::load(&[])
+        .map_err(|e| ApiError::internal(format!("registry settings: {e}")))?;
+    let Some(header) = req
+        .headers()
+        .get("X-Registry-Config")
+        .and_then(|h| h.to_str().ok())
+    else {
+        return Ok((settings, None));
+    };
+    let configs = decode_header(header, "X-Registry-Config")?;
+    let entries: Vec<(String, Credentials)> = configs
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(registry, auth)| {
+                    let host = crate::push::credentials::convert_to_hostname(registry);
+                    let host = match host {
+                        "index.docker.io" | "registry-1.docker.io" => {
+                            crate::reference::DEFAULT_DOMAIN
+                        }
+                        h => h,
+                    };
+                    credentials_of(auth).map(|c| (host.to_string(), c))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if entries.is_empty() {
+        return Ok((settings, None));
+    }
+    let dir = tempfile::tempdir()
+        .map_err(|e| ApiError::internal(format!("temporary credentials dir: {e}")))?;
+    let config = DockerConfig::new(dir.path());
+    for (host, creds) in &entries {
+        config
+            .store(host, creds)
+            .map_err(|e| ApiError::internal(format!("storing the request's credentials: {e}")))?;
+    }
+    settings.docker_config = Some(dir.path().to_path_buf());
+    Ok((settings, Some(dir)))
+}
+
 /// Registry settings for one request: the daemon's, with the client's credentials from
 /// `X-Registry-Auth` (base64url JSON `{username, password | identitytoken, serveraddress}`)
 /// in a private docker config when given.
@@ -104,26 +181,9 @@ fn settings_for(
     else {
         return Ok((settings, None));
     };
-    let mut std_b64: String = header
-        .trim()
-        .chars()
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    while !std_b64.len().is_multiple_of(4) {
-        std_b64.push('=');
-    }
-    let auth: Value = base64::decode(&std_b64)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| ApiError::bad_request("invalid X-Registry-Auth header"))?;
-    let user = auth["username"].as_str().unwrap_or_default();
-    let creds = match (auth["identitytoken"].as_str(), auth["password"].as_str()) {
-        (Some(t), _) if !t.is_empty() => Credentials::identity_token(user, t),
-        (_, Some(p)) if !user.is_empty() => Credentials::basic(user, p),
-        _ => return Ok((settings, None)),
+    let auth = decode_header(header, "X-Registry-Auth")?;
+    let Some(creds) = credentials_of(&auth) else {
+        return Ok((settings, None));
     };
     let dir = tempfile::tempdir()
         .map_err(|e| ApiError::internal(format!("temporary credentials dir: {e}")))?;
@@ -258,4 +318,69 @@ pub async fn push(
             "aux": {"Tag": tag, "Digest": pushed.digest.to_string(), "Size": pushed.size},
         })])
     })
+}
+
+/// docker's AuthConfig as `docker login` sends it.
+#[derive(Debug, serde::Deserialize)]
+struct AuthRequest {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    serveraddress: String,
+}
+
+/// `POST /auth` (`docker login`): checks the credentials against the registry (the client
+/// stores them); 401 with the registry's reason when they are refused.
+pub async fn auth(req: Request<Incoming>) -> ApiResult {
+    let body: Option<AuthRequest> = super::http::read_json(req).await?;
+    let body = body.ok_or_else(|| ApiError::bad_request("the request needs a JSON body"))?;
+    if body.username.is_empty() || body.password.is_empty() {
+        return Err(ApiError::bad_request("username and password are required"));
+    }
+    let host = match crate::push::credentials::convert_to_hostname(body.serveraddress.trim()) {
+        "" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            crate::reference::DEFAULT_DOMAIN.to_string()
+        }
+        h => h.to_string(),
+    };
+    let settings = RegistrySettings::load(&[])
+        .map_err(|e| ApiError::internal(format!("registry settings: {e}")))?;
+    let creds = Credentials::basic(body.username, body.password);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kiln-api-login".into())
+        .spawn(move || {
+            let result = crate::push::client::runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let registry =
+                        crate::push::client::Registry::connect_with(&host, &settings, Some(&creds))
+                            .await?;
+                    registry.verify_login(&creds).await
+                })
+            });
+            let _ = tx.send(result.map_err(|e| {
+                let status = match e {
+                    RegistryError::Unauthorized { .. } => hyper::StatusCode::UNAUTHORIZED,
+                    RegistryError::Transport { .. } => hyper::StatusCode::BAD_GATEWAY,
+                    _ => hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                ApiError::new(
+                    status,
+                    format!(
+                        "login to {host} failed: {}",
+                        crate::push::client::error_chain(&e)
+                    ),
+                )
+            }));
+        })
+        .map_err(|e| ApiError::internal(format!("cannot start the login check: {e}")))?;
+    match rx.await {
+        Ok(Ok(())) => super::http::json(&json!({"Status": "Login Succeeded", "IdentityToken": ""})),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ApiError::internal(
+            "the login check ended without an answer",
+        )),
+    }
 }

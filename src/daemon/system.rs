@@ -103,18 +103,23 @@ pub fn version(_state: &Arc<State>) -> ApiResult {
 
 pub async fn info(state: &Arc<State>) -> ApiResult {
     let st = state.clone();
-    let (images, driver) = blocking(move || {
+    let (images, driver, (total, running)) = blocking(move || {
         let images = st
             .engine
             .store
             .images()
             .map_err(crate::engine::EngineError::from)?;
+        let containers = crate::run::state::Containers::open(&st.engine.root)?.list()?;
+        let running = containers
+            .iter()
+            .filter(|c| c.state().is_ok_and(|s| s.is_running()))
+            .count();
         let driver = st
             .engine
             .snapshotter()
             .map(|s| s.name().to_string())
             .unwrap_or_else(|_| "unknown".into());
-        Ok((images.len(), driver))
+        Ok((images.len(), driver, (containers.len(), running)))
     })
     .await?;
     let platform = Platform::host();
@@ -128,10 +133,10 @@ pub async fn info(state: &Arc<State>) -> ApiResult {
     };
     let mut doc = json!({
         "ID": format!("kiln-{}", hostname()),
-        "Containers": 0,
-        "ContainersRunning": 0,
+        "Containers": total,
+        "ContainersRunning": running,
         "ContainersPaused": 0,
-        "ContainersStopped": 0,
+        "ContainersStopped": total - running,
         "Images": images,
         "Driver": driver,
         "DriverStatus": [["Backing Filesystem", "kiln snapshots"]],

@@ -23,6 +23,8 @@ use crate::reference::Reference;
 /// What to build.
 pub struct BuildRequest {
     pub context: ContextSource,
+    /// Registry settings for pulling missing FROM images (None: the engine's own).
+    pub registry: Option<crate::push::client::RegistrySettings>,
     /// The Dockerfile's path inside the context (`Dockerfile` by default).
     pub dockerfile: String,
     pub tags: Vec<String>,
@@ -132,8 +134,11 @@ pub fn build(engine: &Engine, req: BuildRequest, progress: &dyn BuildProgress) -
         source_date_epoch: None,
     };
     // Missing FROM images are pulled, as docker's builder does (the daemon's registry settings).
-    let settings = crate::push::client::RegistrySettings::load(&[])
-        .map_err(|e| EngineError::Build(format!("registry settings: {e}")))?;
+    let settings = match req.registry.clone() {
+        Some(s) => s,
+        None => crate::push::client::RegistrySettings::load(&[])
+            .map_err(|e| EngineError::Build(format!("registry settings: {e}")))?,
+    };
     let snapshots = engine.snapshotter()?;
     let images = super::PullingImages {
         store: &engine.store,

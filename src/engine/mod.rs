@@ -5,9 +5,11 @@
 //! input, internal). Engine operations publish to an in-process [`events::EventBus`].
 
 pub mod build;
+pub mod containers;
 pub mod events;
 pub mod images;
 pub mod networks;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

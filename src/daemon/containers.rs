@@ -1,0 +1,514 @@
+//! Container endpoints over [`crate::run`] for containers however they were created (the
+//! store is shared with in-process `kiln run`): `GET /containers/json` (`all`, filters id,
+//! name, status, label), `GET /containers/{id}/json`, `POST /containers/{id}/stop|kill|wait`,
+//! `DELETE /containers/{id}`. Creating, starting, attaching and exec are not served yet.
+
+use std::sync::Arc;
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use super::http::{json, no_content, ApiError, ApiResult, Query};
+use super::{blocking, State};
+use crate::engine::containers::{inspect_json, status_text};
+use crate::engine::events::Event;
+use crate::run::container as lifecycle;
+use crate::run::state::{Container, Containers};
+
+fn find(state: &State, key: &str) -> Result<Container, ApiError> {
+    Ok(Containers::open(&state.engine.root)?.find(key)?)
+}
+
+fn publish(state: &State, action: &str, c: &Container) {
+    state.engine.events.publish(
+        Event::new("container", action, c.id())
+            .with("name", &c.config.name)
+            .with("image", &c.config.image),
+    );
+}
+
+/// docker's ContainerSummary (`docker ps`).
+fn summary(c: &Container, s: &crate::run::state::State) -> Value {
+    let cfg = &c.config;
+    let command: Vec<&str> = std::iter::once(cfg.path.as_str())
+        .chain(cfg.args.iter().map(String::as_str))
+        .collect();
+    let ports: Vec<Value> = s
+        .ports
+        .iter()
+        .map(|p| {
+            json!({
+                "IP": if p.host_ip.is_empty() { "0.0.0.0" } else { p.host_ip.as_str() },
+                "PrivatePort": p.container_port,
+                "PublicPort": p.host_port,
+                "Type": p.proto,
+            })
+        })
+        .collect();
+    json!({
+        "Id": c.id(),
+        "Names": [format!("/{}", cfg.name)],
+        "Image": cfg.image,
+        "ImageID": cfg.image_id.to_string(),
+        "Command": command.join(" "),
+        "Created": i64::try_from(cfg.created / 1_000_000_000).unwrap_or(0),
+        "Ports": ports,
+        "Labels": cfg.labels,
+        "State": s.status.as_str(),
+        "Status": status_text(s),
+        "HostConfig": {"NetworkMode": cfg.network_mode},
+        "NetworkSettings": {"Networks": {}},
+        "Mounts": [],
+    })
+}
+
+pub async fn list(state: &Arc<State>, query: &Query) -> ApiResult {
+    let f = query.filters()?;
+    f.only(&["id", "name", "status", "label"])?;
+    let all = query.flag("all");
+    let st = state.clone();
+    let mut rows = blocking(move || {
+        let mut rows = Vec::new();
+        for c in Containers::open(&st.engine.root)?.list()? {
+            let s = c.state()?;
+            let status = s.status.as_str();
+            let any = |key: &str, ok: &dyn Fn(&str) -> bool| {
+                let v = f.values(key);
+                v.is_empty() || v.iter().any(|x| ok(x))
+            };
+            if (!all && !s.is_running() && f.values("status").is_empty())
+                || !any("id", &|x| c.id().starts_with(x))
+                || !any("name", &|x| c.config.name.contains(x))
+                || !any("status", &|x| x == status)
+                || !f.labels_match("label", &c.config.labels)
+            {
+                continue;
+            }
+            rows.push((c.config.created, summary(&c, &s)));
+        }
+        Ok(rows)
+    })
+    .await?;
+    rows.sort_by_key(|r| std::cmp::Reverse(r.0));
+    json(&rows.into_iter().map(|r| r.1).collect::<Vec<_>>())
+}
+
+pub async fn inspect(state: &Arc<State>, key: &str) -> ApiResult {
+    let st = state.clone();
+    let key = key.to_string();
+    let doc = blocking(move || {
+        let c = find(&st, &key)?;
+        let s = c.state()?;
+        Ok(inspect_json(&c, &s))
+    })
+    .await?;
+    json(&doc)
+}
+
+pub async fn stop(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
+    let timeout = match query.get("t").filter(|t| !t.is_empty()) {
+        Some(t) => Some(
+            t.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid t {t:?}: expected seconds")))?,
+        ),
+        None => None,
+    };
+    let st = state.clone();
+    let key = key.to_string();
+    let was_running = blocking(move || {
+        let c = find(&st, &key)?;
+        if !c.state()?.is_running() {
+            return Ok(false);
+        }
+        lifecycle::stop(&st.engine.root, &c, timeout)?;
+        publish(&st, "stop", &c);
+        Ok(true)
+    })
+    .await?;
+    // docker: 304 Not Modified when the container was already stopped.
+    no_content(if was_running {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_MODIFIED
+    })
+}
+
+pub async fn kill(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
+    let signal = query
+        .get("signal")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let st = state.clone();
+    let key = key.to_string();
+    blocking(move || {
+        let c = find(&st, &key)?;
+        if !c.state()?.is_running() {
+            return Err(ApiError::conflict(format!(
+                "cannot kill container: {key}: container {} is not running",
+                c.id()
+            )));
+        }
+        lifecycle::kill(&st.engine.root, &c, signal.as_deref())?;
+        publish(&st, "kill", &c);
+        Ok(())
+    })
+    .await?;
+    no_content(StatusCode::NO_CONTENT)
+}
+
+pub async fn wait(state: &Arc<State>, key: &str) -> ApiResult {
+    let st = state.clone();
+    let key = key.to_string();
+    let code = blocking(move || {
+        let c = find(&st, &key)?;
+        Ok(lifecycle::wait(&st.engine.root, &c)?)
+    })
+    .await?;
+    json(&json!({"StatusCode": code, "Error": null}))
+}
+
+pub async fn remove(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
+    let force = query.flag("force");
+    let volumes = query.flag("v");
+    let st = state.clone();
+    let key = key.to_string();
+    blocking(move || {
+        let c = find(&st, &key)?;
+        lifecycle::remove(&st.engine.root, &c, force, volumes)?;
+        publish(&st, "destroy", &c);
+        Ok(())
+    })
+    .await?;
+    no_content(StatusCode::NO_CONTENT)
+}
+
+/// The parts of docker's ContainerCreate body kiln maps onto `kiln create`'s options.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateBody {
+    image: String,
+    cmd: Option<Vec<String>>,
+    entrypoint: Option<Vec<String>>,
+    env: Option<Vec<String>>,
+    working_dir: String,
+    user: String,
+    hostname: String,
+    tty: bool,
+    open_stdin: bool,
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    stop_signal: Option<String>,
+    stop_timeout: Option<i64>,
+    host_config: Option<HostConfig>,
+    networking_config: Option<Value>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct HostConfig {
+    binds: Option<Vec<String>>,
+    port_bindings: Option<std::collections::BTreeMap<String, Option<Vec<PortBinding>>>>,
+    publish_all_ports: bool,
+    network_mode: String,
+    auto_remove: bool,
+    restart_policy: Option<RestartPolicy>,
+    memory: i64,
+    nano_cpus: i64,
+    pids_limit: Option<i64>,
+    cap_add: Option<Vec<String>>,
+    cap_drop: Option<Vec<String>>,
+    readonly_rootfs: bool,
+    security_opt: Option<Vec<String>>,
+    init: Option<bool>,
+    extra_hosts: Option<Vec<String>>,
+    tmpfs: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct PortBinding {
+    host_ip: String,
+    host_port: String,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct RestartPolicy {
+    name: String,
+    maximum_retry_count: i64,
+}
+
+/// docker's create body → kiln's create options (the same specs `kiln create` parses).
+fn create_options(
+    body: CreateBody,
+    name: Option<String>,
+) -> ApiResult<crate::run::create::CreateOptions> {
+    if body.image.is_empty() {
+        return Err(ApiError::bad_request("config.Image is required"));
+    }
+    let hc = body.host_config.unwrap_or_default();
+    let mut cmd = body.cmd.unwrap_or_default();
+    let entrypoint = match body.entrypoint {
+        None => None,
+        Some(e) if e.is_empty() => Some(String::new()),
+        Some(mut e) => {
+            let first = e.remove(0);
+            e.extend(cmd);
+            cmd = e;
+            Some(first)
+        }
+    };
+    let mut publish = Vec::new();
+    for (port, bindings) in hc.port_bindings.unwrap_or_default() {
+        for b in bindings.unwrap_or_default() {
+            let host = match (b.host_ip.as_str(), b.host_port.as_str()) {
+                ("", "") => String::new(),
+                ("", p) => format!("{p}:"),
+                (ip, p) => format!("{ip}:{p}:"),
+            };
+            publish.push(format!("{host}{port}"));
+        }
+    }
+    let (mut aliases, mut ip, mut network) = (Vec::new(), None, None);
+    if !hc.network_mode.is_empty() && hc.network_mode != "default" {
+        network = Some(hc.network_mode.clone());
+    }
+    if let Some(endpoints) = body
+        .networking_config
+        .as_ref()
+        .and_then(|n| n["EndpointsConfig"].as_object())
+    {
+        if let Some((net, cfg)) = endpoints.iter().next() {
+            if net != "default" {
+                network.get_or_insert_with(|| net.clone());
+            }
+            aliases = cfg["Aliases"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            ip = cfg["IPAMConfig"]["IPv4Address"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+        }
+    }
+    let restart = hc
+        .restart_policy
+        .filter(|r| !r.name.is_empty() && r.name != "no")
+        .map(|r| {
+            if r.maximum_retry_count > 0 {
+                format!("{}:{}", r.name, r.maximum_retry_count)
+            } else {
+                r.name
+            }
+        });
+    Ok(crate::run::create::CreateOptions {
+        image: body.image,
+        cmd,
+        name,
+        entrypoint,
+        env: body.env.unwrap_or_default(),
+        workdir: Some(body.working_dir).filter(|s| !s.is_empty()),
+        user: Some(body.user).filter(|s| !s.is_empty()),
+        hostname: Some(body.hostname).filter(|s| !s.is_empty()),
+        tty: body.tty,
+        interactive: body.open_stdin,
+        network,
+        network_aliases: aliases,
+        ip,
+        publish,
+        publish_all: hc.publish_all_ports,
+        add_hosts: hc.extra_hosts.unwrap_or_default(),
+        volumes: hc.binds.unwrap_or_default(),
+        mounts: Vec::new(),
+        tmpfs: hc
+            .tmpfs
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, o)| if o.is_empty() { p } else { format!("{p}:{o}") })
+            .collect(),
+        read_only: hc.readonly_rootfs,
+        cap_add: hc.cap_add.unwrap_or_default(),
+        cap_drop: hc.cap_drop.unwrap_or_default(),
+        security_opts: hc.security_opt.unwrap_or_default(),
+        memory: (hc.memory > 0).then(|| hc.memory.to_string()),
+        cpus: (hc.nano_cpus > 0).then(|| hc.nano_cpus as f64 / 1e9),
+        pids_limit: hc.pids_limit.filter(|p| *p > 0),
+        restart,
+        auto_remove: hc.auto_remove,
+        init: hc.init.unwrap_or(false),
+        stop_signal: body.stop_signal.filter(|s| !s.is_empty()),
+        stop_timeout: body.stop_timeout,
+        labels: body
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        ..Default::default()
+    })
+}
+
+pub async fn create(
+    state: &Arc<State>,
+    query: &Query,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> ApiResult {
+    let body: Option<CreateBody> = super::http::read_json(req).await?;
+    let body = body.ok_or_else(|| ApiError::bad_request("the request needs a JSON body"))?;
+    let name = query
+        .get("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_string);
+    let opts = create_options(body, name)?;
+    let st = state.clone();
+    let id = blocking(move || {
+        let root = &st.engine.root;
+        let snapshots = crate::run::rootfs::open_snapshots(root)?;
+        let c = crate::run::create::create(root, &st.engine.store, snapshots.as_ref(), &opts)
+            .map_err(|e| match e {
+                crate::run::RunError::Image(m) => {
+                    ApiError::not_found(format!("No such image: {m}"))
+                }
+                e => e.into(),
+            })?;
+        publish(&st, "create", &c);
+        Ok(c.id().to_string())
+    })
+    .await?;
+    Ok(super::http::json_status(
+        StatusCode::CREATED,
+        &json!({"Id": id, "Warnings": []}),
+    ))
+}
+
+pub async fn start(state: &Arc<State>, key: &str) -> ApiResult {
+    let st = state.clone();
+    let key = key.to_string();
+    let started = blocking(move || {
+        let c = find(&st, &key)?;
+        if c.state()?.is_running() {
+            return Ok(false);
+        }
+        lifecycle::start_detached(&st.engine.root, &c)?;
+        publish(&st, "start", &c);
+        Ok(true)
+    })
+    .await?;
+    no_content(if started {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_MODIFIED
+    })
+}
+
+/// One stream of docker's multiplexed format: each write becomes a frame
+/// `[stream, 0, 0, 0, len (u32 BE)] + bytes` (stream 1 = stdout, 2 = stderr); a tty
+/// container's output goes raw (`stream` None).
+struct MuxWriter {
+    tx: tokio::sync::mpsc::Sender<super::http::Chunk>,
+    stream: Option<u8>,
+}
+
+impl std::io::Write for MuxWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut frame = Vec::with_capacity(buf.len() + 8);
+        if let Some(s) = self.stream {
+            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+            frame.extend_from_slice(&[s, 0, 0, 0]);
+            frame.extend_from_slice(&len.to_be_bytes());
+        }
+        frame.extend_from_slice(buf);
+        self.tx
+            .blocking_send(Ok(bytes::Bytes::from(frame)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that drops everything (a stream the client did not ask for).
+struct Discard;
+
+impl std::io::Write for Discard {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `GET /containers/{id}/logs` (`stdout`, `stderr`, `follow`, `tail`, `timestamps`): the
+/// json-file log in docker's multiplexed stream format (raw for tty containers); with
+/// `follow`, until the container stops or the client leaves.
+pub async fn logs(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
+    let (want_out, want_err) = (query.flag("stdout"), query.flag("stderr"));
+    if !want_out && !want_err {
+        return Err(ApiError::bad_request(
+            "you must choose at least one stream (stdout or stderr)",
+        ));
+    }
+    let tail = match query.get("tail").filter(|t| !t.is_empty() && *t != "all") {
+        Some(t) => Some(t.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("invalid tail {t:?}: expected a number or \"all\""))
+        })?),
+        None => None,
+    };
+    let follow = query.flag("follow");
+    let show = crate::run::logs::Show {
+        timestamps: query.flag("timestamps"),
+    };
+    let c = {
+        let st = state.clone();
+        let key = key.to_string();
+        blocking(move || find(&st, &key)).await?
+    };
+    let tty = c.config.tty;
+    let (tx, resp) = super::http::stream(if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    });
+    let root = state.engine.root.clone();
+    tokio::task::spawn_blocking(move || {
+        let writer = |wanted: bool, stream: u8| -> Box<dyn std::io::Write> {
+            if wanted {
+                Box::new(MuxWriter {
+                    tx: tx.clone(),
+                    stream: (!tty).then_some(stream),
+                })
+            } else {
+                Box::new(Discard)
+            }
+        };
+        let (mut out, mut err) = (writer(want_out, 1), writer(want_err, 2));
+        let path = c.log_path();
+        let result =
+            crate::run::logs::print(&path, tail, show, &mut *out, &mut *err).and_then(|offset| {
+                if !follow {
+                    return Ok(());
+                }
+                let done = || {
+                    crate::run::monitor::settle(&root, &c)
+                        .map(|s| !s.is_running())
+                        .unwrap_or(true)
+                        || tx.is_closed()
+                };
+                crate::run::logs::follow(&path, offset, show, &mut *out, &mut *err, &done)
+            });
+        if let Err(e) = result {
+            tracing::debug!("logs of {}: {e}", c.id());
+        }
+    });
+    Ok(resp)
+}
