@@ -479,7 +479,6 @@ fn compress_snapshot(
     diff_id: &Digest,
     mirror: Mirror<'_>,
 ) -> Result<Descriptor> {
-    use super::layer_blob::LayerBlobError;
     let conversion = |source| ExportError::LayerConversion {
         layer: layer.digest.clone(),
         index,
@@ -487,25 +486,7 @@ fn compress_snapshot(
     };
     let writer = Tee::new(store.content.writer()?, mirror(index));
     let mut encoder = LayerEncoder::new(to, writer).map_err(conversion)?;
-    let info = super::layer::write_layer(
-        dir,
-        Compression::Uncompressed,
-        &super::layer::LayerOptions::default(),
-        &mut encoder,
-    )
-    .map_err(|source| LayerBlobError::Layer {
-        diff_id: diff_id.clone(),
-        source,
-    })?;
-    if &info.diff_id != diff_id {
-        return Err(LayerBlobError::Changed {
-            chain: chain.clone(),
-            dir: dir.clone(),
-            expected: diff_id.clone(),
-            actual: info.diff_id,
-        }
-        .into());
-    }
+    super::layer_blob::write_from_snapshot(chain, dir, diff_id, &mut encoder)?;
     let writer = encoder.finish().map_err(conversion)?.into_main();
     let (digest, size) = lease.commit(writer, None, None)?;
     converted::record(store.root(), diff_id, to, &digest, size);

@@ -82,11 +82,25 @@ pub fn ensure_layer(
             chain: chain.clone(),
         })?;
     let mut writer = content.writer()?;
+    let size = write_from_snapshot(chain, &dir, diff_id, &mut writer)?;
+    lease.commit(writer, Some(diff_id), Some(size))?;
+    Ok(())
+}
+
+/// Writes the uncompressed tar of the layer in snapshot directory `dir` (snapshot `chain`)
+/// into `out`, checking that it still hashes to `diff_id`: a snapshot changed behind kiln's
+/// back is an error, never a different image. Returns the tar's size.
+pub fn write_from_snapshot(
+    chain: &Digest,
+    dir: &std::path::Path,
+    diff_id: &Digest,
+    out: impl std::io::Write,
+) -> Result<u64> {
     let info = layer::write_layer(
-        &dir,
+        dir,
         Compression::Uncompressed,
         &LayerOptions::default(),
-        &mut writer,
+        out,
     )
     .map_err(|source| LayerBlobError::Layer {
         diff_id: diff_id.clone(),
@@ -95,13 +109,12 @@ pub fn ensure_layer(
     if &info.diff_id != diff_id {
         return Err(LayerBlobError::Changed {
             chain: chain.clone(),
-            dir,
+            dir: dir.to_path_buf(),
             expected: diff_id.clone(),
             actual: info.diff_id,
         });
     }
-    lease.commit(writer, Some(diff_id), Some(info.size))?;
-    Ok(())
+    Ok(info.size)
 }
 
 /// Makes every layer blob of image `manifest` present (regenerating, in parallel, the ones
