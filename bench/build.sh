@@ -41,7 +41,7 @@ mkdir -p "$work/a"
 sed 's#BASE#busybox#' "$work/a/Dockerfile.tmpl" > "$work/a/Dockerfile"
 sed 's#BASE#localhost:5000/busybox#' "$work/a/Dockerfile.tmpl" > "$work/a/Dockerfile.peer"
 t0=$(now); "$kiln" build -q --no-cache "$work/a" >/dev/null; t1=$(now); ka=$(secs "$t0" "$t1")
-echo "(a) parallel stages: kiln ${ka}s (--jobs = CPU count)"
+echo "(a) parallel stages: kiln ${ka}s (default --jobs: one per CPU, more while CPUs idle)"
 t0=$(now); "$kiln" build -q --no-cache --jobs 4 "$work/a" >/dev/null; t1=$(now); ka4=$(secs "$t0" "$t1")
 echo "(a) parallel stages: kiln --jobs 4 ${ka4}s"
 if [ -n "$have_buildah" ]; then

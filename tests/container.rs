@@ -722,6 +722,62 @@ fn busybox_httpd_answers_on_a_published_port() {
     assert!(after.lines().count() <= links.lines().count());
 }
 
+/// `network connect` puts a running container on a second network (reachable there by name),
+/// `network disconnect` takes it off again.
+#[test]
+fn network_connect_and_disconnect_a_running_container() {
+    let b = Lab::new();
+    let (n1, n2) = (net_name("c"), net_name("d"));
+    b.ok(&["network", "create", &n1]);
+    b.ok(&["network", "create", &n2]);
+    let server = b
+        .ok(&[
+            "run",
+            "-d",
+            "--name",
+            "late",
+            "--network",
+            &n2,
+            b.image,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/etc",
+        ])
+        .trim()
+        .to_string();
+    let fetch = |code_expected: i32| {
+        let (code, out, err) = b.kiln(&[
+            "run",
+            "--rm",
+            "--network",
+            &n1,
+            b.image,
+            "sh",
+            "-c",
+            "timeout 3 wget -qO- http://late/hostname || echo unreachable",
+        ]);
+        assert_eq!(code, code_expected, "{err}");
+        out
+    };
+    assert!(fetch(0).contains("unreachable"));
+    b.ok(&["network", "connect", "--alias", "also", &n1, "late"]);
+    let inspect = b.ok(&["inspect", "late"]);
+    assert!(inspect.contains(&n1) && inspect.contains(&n2), "{inspect}");
+    let joined = fetch(0);
+    assert!(joined.contains(&server[..12]), "{joined}");
+    b.ok(&["network", "disconnect", &n1, "late"]);
+    assert!(fetch(0).contains("unreachable"));
+    let (code, _, err) = b.kiln(&["network", "disconnect", &n1, "late"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not connected"), "{err}");
+    b.ok(&["rm", "-f", "late"]);
+    b.ok(&["network", "rm", &n1, &n2]);
+    b.assert_nothing_left(&[server]);
+}
+
 #[test]
 fn containers_reach_each_other_by_name_on_a_user_network_only() {
     let b = Lab::new();
@@ -768,7 +824,7 @@ fn containers_reach_each_other_by_name_on_a_user_network_only() {
         b.image,
         "sh",
         "-c",
-        "wget -T 2 -qO- http://srv/hostname || echo unreachable",
+        "timeout 3 wget -qO- http://srv/hostname || echo unreachable",
     ]);
     assert_eq!(code, 0);
     assert!(

@@ -762,6 +762,9 @@ enum Fault {
     ServerError(usize),
     /// Flip a byte of every blob.
     Corrupt,
+    /// Refuse streamed uploads (`PATCH`), as registries without chunked uploads do; forward
+    /// everything else, request bodies included.
+    RefusePatch,
 }
 
 /// A one-request-per-connection HTTP proxy in front of a registry that injects faults into
@@ -815,6 +818,15 @@ impl FaultProxy {
                     } else {
                         usize::MAX
                     };
+                    if let Fault::RefusePatch = fault {
+                        if first.starts_with("PATCH ") {
+                            let body =
+                                br#"{"errors":[{"code":"UNSUPPORTED","message":"no chunked uploads here"}]}"#;
+                            let _ = write!(client, "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                            let _ = client.write_all(body);
+                            return;
+                        }
+                    }
                     if let Fault::ServerError(k) = fault {
                         if n < k {
                             let body =
@@ -837,6 +849,16 @@ impl FaultProxy {
                         return;
                     };
                     let _ = up.write_all(format!("{}\r\n\r\n", forwarded.join("\r\n")).as_bytes());
+                    // The request body (uploads), by Content-Length.
+                    let body_len: u64 = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let _ = std::io::copy(&mut (&mut client).take(body_len), &mut up);
                     let mut resp = Vec::new();
                     let _ = up.read_to_end(&mut resp);
                     let split = resp
@@ -989,4 +1011,75 @@ fn run_pulls_a_missing_image() {
         stderr(&out)
     );
     assert!(ok(&b, dc.path(), &["images"]).contains("run/busybox"));
+}
+
+/// Layers compressed for the push are streamed to the registry while they compress (one
+/// `PATCH` each, committed under the digest of the blob the store verified); a second push
+/// reuses the compressed blobs and sends nothing; the pulled image is the pushed one.
+#[test]
+fn push_streams_layers_while_they_compress() {
+    let reg = TestRegistry::start(None);
+    let dc = tempfile::tempdir().unwrap();
+    let a = Kiln::new();
+    let name = format!("{}/stream/app:1", reg.addr);
+    app_image(&a, &name);
+    let out = ok(&a, dc.path(), &["push", &name]);
+    let digest = pushed_digest(&out);
+    let log = reg.log();
+    let patches = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"PATCH /v2/stream/app/blobs/uploads/") && l.contains("HTTP/1.1\" 202")
+        })
+        .count();
+    // Both layers of the app image (busybox, noise) were built here, so both compress.
+    assert_eq!(patches, 2, "registry log:\n{log}");
+
+    let zstd = format!("{}/stream/zstd:1", reg.addr);
+    ok(&a, dc.path(), &["tag", &name, &zstd]);
+    let zstd_digest = pushed_digest(&ok(
+        &a,
+        dc.path(),
+        &["push", "--compression", "zstd", &zstd],
+    ));
+
+    // Again: the blobs compressed the first time are reused, the registry has them.
+    let again = ok(&a, dc.path(), &["push", &name]);
+    assert!(
+        again.contains("Layer already exists") && !again.contains(": Pushed"),
+        "{again}"
+    );
+    assert_eq!(pushed_digest(&again), digest);
+    let log = reg.log();
+    let patches_after = log
+        .lines()
+        .filter(|l| l.contains("\"PATCH /v2/stream/"))
+        .count();
+    assert_eq!(patches_after, 4, "registry log:\n{log}");
+
+    // Pulls verify every blob and unpack every layer.
+    for (image, pushed) in [(&name, &digest), (&zstd, &zstd_digest)] {
+        let b = Kiln::new();
+        let pulled = ok(&b, dc.path(), &["pull", image]);
+        assert_eq!(&pulled_digest(&pulled), pushed, "{pulled}");
+    }
+}
+
+/// A registry that refuses streamed uploads still gets the image: the stored blobs are
+/// uploaded the ordinary way.
+#[test]
+fn push_falls_back_when_the_registry_refuses_streamed_uploads() {
+    let reg = TestRegistry::start(None);
+    let proxy = FaultProxy::start(reg.addr.clone(), Fault::RefusePatch);
+    let dc = tempfile::tempdir().unwrap();
+    let a = Kiln::new();
+    let name = format!("{}/nostream/app:1", proxy.addr);
+    app_image(&a, &name);
+    let out = ok(&a, dc.path(), &["push", &name]);
+    let digest = pushed_digest(&out);
+    assert!(out.contains(": Pushed"), "{out}");
+    let b = Kiln::new();
+    let direct = format!("{}/nostream/app:1", reg.addr);
+    let pulled = ok(&b, dc.path(), &["pull", &direct]);
+    assert_eq!(pulled_digest(&pulled), digest, "{pulled}");
 }

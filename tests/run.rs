@@ -275,6 +275,25 @@ fn run_steps_are_cached_by_their_inputs() {
     assert_eq!(std::fs::metadata(out.join("g")).expect("g").uid(), 0);
 }
 
+/// A rebuild that takes every step from the cache makes the same image (the same ID), even
+/// seconds later: cached steps keep the time of the build that made them, as with docker.
+#[test]
+fn a_fully_cached_rebuild_gives_the_same_image_id() {
+    let k = Kiln::new();
+    let base = k.busybox();
+    let ctx = k.context(
+        "sameid",
+        &format!("FROM {base}\nENV A=1\nRUN echo hi > /hi\nCOPY f /f\nLABEL l=v\n"),
+        &[("f", "one")],
+    );
+    let first = k.build(&ctx, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(k.build(&ctx, &[]), first);
+    // A changed step is new: a new time, a new image.
+    std::fs::write(ctx.join("f"), "two").expect("write");
+    assert_ne!(k.build(&ctx, &[]), first);
+}
+
 #[test]
 fn independent_stages_run_at_the_same_time() {
     let k = Kiln::new();

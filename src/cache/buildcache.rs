@@ -177,7 +177,16 @@ impl BuildCache {
     }
 
     /// Records what a step produced.
-    pub fn put(&self, key: &Digest, layer: Option<CachedLayer>, description: &str) -> Result<()> {
+    /// `created` is the step's time as its image history records it (unix seconds), so that a
+    /// later build that takes the step from the cache records the same time (a fully cached
+    /// rebuild gives the same image ID, as with docker).
+    pub fn put(
+        &self,
+        key: &Digest,
+        layer: Option<CachedLayer>,
+        description: &str,
+        created: i64,
+    ) -> Result<()> {
         self.touch_key(key);
         let t = super::image::unix_now();
         self.update(|entries| {
@@ -186,7 +195,7 @@ impl BuildCache {
                 CacheRecord {
                     layer,
                     description: description.to_string(),
-                    created: t,
+                    created,
                     last_used: t,
                 },
             );
@@ -255,7 +264,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..10u8 {
                         cache
-                            .put(&Digest::of(&[t, i]), Some(layer(t)), "COPY")
+                            .put(&Digest::of(&[t, i]), Some(layer(t)), "COPY", 1)
                             .unwrap();
                     }
                 });

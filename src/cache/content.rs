@@ -143,7 +143,14 @@ impl ContentStore {
             .map_err(io_err("create ingest file in", &self.ingest))?;
         let path = tmp.path().to_path_buf();
         Ok(BlobWriter {
-            out: DigestWriter::new(BufWriter::with_capacity(128 * 1024, tmp)),
+            out: DigestWriter::new(BufWriter::with_capacity(
+                128 * 1024,
+                Writeback {
+                    file: tmp,
+                    written: 0,
+                    started: 0,
+                },
+            )),
             path,
             blobs: self.blobs.clone(),
             guard,
@@ -290,12 +297,52 @@ fn check_intact(d: &Digest, actual: Digest, size: u64, path: PathBuf) -> Result<
     }
 }
 
+/// Bytes of a blob written between two requests to start their writeback.
+const WRITEBACK: u64 = 8 << 20;
+
+/// The temp file of an ingest, whose dirty pages are handed to the disk every [`WRITEBACK`]
+/// bytes (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts the writes, waits for none), so
+/// that the fsync of the commit finds most of a large blob already written instead of
+/// writing it all then.
+struct Writeback {
+    file: tempfile::NamedTempFile,
+    written: u64,
+    /// Bytes whose writeback was started.
+    started: u64,
+}
+
+impl Write for Writeback {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain syscall on an fd this struct owns; no memory is passed.
+            // Only a hint: its failure changes nothing (the commit fsyncs).
+            unsafe {
+                nix::libc::sync_file_range(
+                    self.file.as_file().as_raw_fd(),
+                    self.started as i64,
+                    (self.written - self.started) as i64,
+                    nix::libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// A blob being written. Implements [`Write`]; every byte is hashed and counted on the way
 /// to the temp file. Finish with [`BlobWriter::commit`]; dropping it instead discards the
 /// temp file.
 pub struct BlobWriter {
     // Field order is drop order: the temp file goes before the GC guard is released.
-    out: DigestWriter<BufWriter<tempfile::NamedTempFile>>,
+    out: DigestWriter<BufWriter<Writeback>>,
     path: PathBuf,
     blobs: PathBuf,
     guard: GcGuard,
@@ -360,7 +407,8 @@ impl BlobWriter {
         // Every early return below drops `tmp`, which removes the temp file.
         let tmp = buffered
             .into_inner()
-            .map_err(|e| io_err("flush ingest file", &path)(e.into_error()))?;
+            .map_err(|e| io_err("flush ingest file", &path)(e.into_error()))?
+            .file;
         tmp.as_file()
             .sync_all()
             .map_err(io_err("fsync ingest file", &path))?;

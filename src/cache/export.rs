@@ -48,6 +48,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::content::{BlobWriter, ContentError};
+use super::converted;
 use super::digest::{Digest, DigestReader};
 use super::gc::{GcError, Lease, Leases};
 use super::image::{self, media, to_canonical_json, Descriptor, Index, Manifest};
@@ -300,6 +301,28 @@ pub fn prepare_for_export(
     manifest: &Digest,
     compression: LayerCompression,
 ) -> Result<ExportedImage> {
+    prepare_for_export_with(store, manifest, compression, &|_, _| {}, &|_| None)
+}
+
+/// Where a layer's converted bytes are copied while they are written to the store (see
+/// [`prepare_for_export_with`]).
+pub type Mirror<'a> = &'a (dyn Fn(usize) -> Option<Box<dyn Write + Send>> + Sync);
+
+/// [`prepare_for_export`] that hands every blob of the result to `ready` as soon as it is in
+/// the store (the config and unchanged layers first, then each converted layer when it is
+/// committed, from the converting thread, with the layer's index), so that a push can upload
+/// blobs while later layers are still being compressed. Every blob of the result is handed
+/// over exactly once (the same blob listed twice, once per listing); the manifest is not (it
+/// is made last). `mirror(index)` may give a writer that receives a copy of converted layer
+/// `index`'s bytes as they are written (best effort: a failing mirror is dropped and the
+/// conversion goes on); it is dropped, ending the copy, before that layer is handed to `ready`.
+pub fn prepare_for_export_with(
+    store: &ImageStore,
+    manifest: &Digest,
+    compression: LayerCompression,
+    ready: &(dyn Fn(Option<usize>, &Descriptor) + Sync),
+    mirror: Mirror<'_>,
+) -> Result<ExportedImage> {
     let lease = Leases::acquire(store.root(), &format!("export {manifest}"))?;
     // Recorded before reading: GC keeps the manifest and everything it references.
     lease.add(manifest)?;
@@ -336,15 +359,34 @@ pub fn prepare_for_export(
     // Layers built here may exist only as snapshots so far: the ones to convert are
     // compressed straight from their snapshot (no uncompressed blob is written), the others
     // get their blob regenerated.
+    // Layers converted the same way before are not converted again (see `converted`).
+    let mut reused: Vec<Option<Descriptor>> = vec![None; layers.len()];
     let mut sources: Vec<Option<(Digest, std::path::PathBuf)>> = vec![None; layers.len()];
     if diff_ids.len() == layers.len() {
         for (i, layer) in layers.iter().enumerate() {
-            if plan[i].is_some() {
-                sources[i] = super::layer_blob::snapshot_source(store, &lease, layer, diff_ids, i)?;
+            let Some((_, to)) = plan[i] else { continue };
+            if let Some((digest, size)) = converted::lookup(store.root(), &diff_ids[i], to) {
+                // Leased before looking: GC cannot take it away from here on.
+                lease.add(&digest)?;
+                if store.content.size(&digest).ok() == Some(size) {
+                    reused[i] = Some(descriptor(to.media_type(), digest, size));
+                    continue;
+                }
             }
+            sources[i] = super::layer_blob::snapshot_source(store, &lease, layer, diff_ids, i)?;
         }
     }
-    super::layer_blob::ensure_image_except(store, &lease, manifest, &|i| sources[i].is_some())?;
+    super::layer_blob::ensure_image_except(store, &lease, manifest, &|i| {
+        sources[i].is_some() || reused[i].is_some()
+    })?;
+    ready(None, &image.manifest.config);
+    for (index, (layer, step)) in layers.iter().zip(&plan).enumerate() {
+        if let Some(d) = &reused[index] {
+            ready(Some(index), d);
+        } else if step.is_none() {
+            ready(Some(index), layer);
+        }
+    }
     if plan.iter().all(Option::is_none) {
         tracing::debug!(%manifest, "no layer changes: shipping the stored manifest");
         return Ok(ExportedImage {
@@ -369,21 +411,38 @@ pub fn prepare_for_export(
         .par_iter()
         .zip(plan.par_iter())
         .enumerate()
-        .map(|(index, (layer, step))| match (step, &sources[index]) {
-            (Some((_, to)), Some(source)) => {
-                compress_snapshot(store, &lease, index, layer, source, *to, &diff_ids[index])
-            }
-            (Some((from, to)), None) => {
-                convert_layer(store, &lease, index, layer, *from, *to, &diff_ids[index])
-            }
-            (None, _) => {
-                let mut kept = layer.clone();
-                if let Some(c) = layer_compression(&layer.media_type) {
-                    kept.media_type = c.media_type().to_string();
+        .map(
+            |(index, (layer, step))| match (step, &sources[index], &reused[index]) {
+                (_, _, Some(d)) => Ok(d.clone()),
+                (Some((_, to)), Some(source), None) => compress_snapshot(
+                    store,
+                    &lease,
+                    (index, layer),
+                    source,
+                    *to,
+                    &diff_ids[index],
+                    mirror,
+                )
+                .inspect(|d| ready(Some(index), d)),
+                (Some((from, to)), None, None) => convert_layer(
+                    store,
+                    &lease,
+                    index,
+                    layer,
+                    (*from, *to),
+                    &diff_ids[index],
+                    mirror,
+                )
+                .inspect(|d| ready(Some(index), d)),
+                (None, _, None) => {
+                    let mut kept = layer.clone();
+                    if let Some(c) = layer_compression(&layer.media_type) {
+                        kept.media_type = c.media_type().to_string();
+                    }
+                    Ok(kept)
                 }
-                Ok(kept)
-            }
-        })
+            },
+        )
         .collect::<Result<_>>()?;
 
     let mut config = image.manifest.config.clone();
@@ -414,11 +473,11 @@ pub fn prepare_for_export(
 fn compress_snapshot(
     store: &ImageStore,
     lease: &Lease,
-    index: usize,
-    layer: &Descriptor,
+    (index, layer): (usize, &Descriptor),
     (chain, dir): &(Digest, std::path::PathBuf),
     to: Compression,
     diff_id: &Digest,
+    mirror: Mirror<'_>,
 ) -> Result<Descriptor> {
     use super::layer_blob::LayerBlobError;
     let conversion = |source| ExportError::LayerConversion {
@@ -426,7 +485,7 @@ fn compress_snapshot(
         index,
         source,
     };
-    let writer: BlobWriter = store.content.writer()?;
+    let writer = Tee::new(store.content.writer()?, mirror(index));
     let mut encoder = LayerEncoder::new(to, writer).map_err(conversion)?;
     let info = super::layer::write_layer(
         dir,
@@ -447,8 +506,9 @@ fn compress_snapshot(
         }
         .into());
     }
-    let writer = encoder.finish().map_err(conversion)?;
+    let writer = encoder.finish().map_err(conversion)?.into_main();
     let (digest, size) = lease.commit(writer, None, None)?;
+    converted::record(store.root(), diff_id, to, &digest, size);
     tracing::debug!(layer = %layer.digest, to = %digest, ?to, "compressed layer from its snapshot");
     Ok(descriptor(to.media_type(), digest, size))
 }
@@ -459,9 +519,9 @@ fn convert_layer(
     lease: &Lease,
     index: usize,
     layer: &Descriptor,
-    from: Compression,
-    to: Compression,
+    (from, to): (Compression, Compression),
     diff_id: &Digest,
+    mirror: Mirror<'_>,
 ) -> Result<Descriptor> {
     let conversion = |source| ExportError::LayerConversion {
         layer: layer.digest.clone(),
@@ -471,10 +531,10 @@ fn convert_layer(
     let file = store.content.open_blob(&layer.digest)?;
     let raw = BufReader::with_capacity(COPY_BUF, file);
     let mut plain = DigestReader::new(decompressor(from, raw).map_err(conversion)?);
-    let writer: BlobWriter = store.content.writer()?;
+    let writer = Tee::new(store.content.writer()?, mirror(index));
     let mut encoder = LayerEncoder::new(to, writer).map_err(conversion)?;
     copy_large(&mut plain, &mut encoder).map_err(conversion)?;
-    let writer = encoder.finish().map_err(conversion)?;
+    let writer = encoder.finish().map_err(conversion)?.into_main();
     let (actual, _) = plain.finish();
     if &actual != diff_id {
         tracing::error!(layer = %layer.digest, index, expected = %diff_id, %actual, "layer does not match its diff ID");
@@ -486,9 +546,44 @@ fn convert_layer(
         });
     }
     let (digest, size) = lease.commit(writer, None, None)?;
+    converted::record(store.root(), diff_id, to, &digest, size);
     tracing::debug!(from = %layer.digest, to = %digest, ?to, "converted layer");
     // Annotations describing the old blob (e.g. eStargz TOC digests) would be wrong now.
     Ok(descriptor(to.media_type(), digest, size))
+}
+
+/// A blob being written to the store, and a best-effort copy of it (see [`Mirror`]).
+struct Tee {
+    main: BlobWriter,
+    mirror: Option<Box<dyn Write + Send>>,
+}
+
+impl Tee {
+    fn new(main: BlobWriter, mirror: Option<Box<dyn Write + Send>>) -> Tee {
+        Tee { main, mirror }
+    }
+
+    /// The store's writer; the copy ends here.
+    fn into_main(self) -> BlobWriter {
+        self.main
+    }
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.main.write(buf)?;
+        if let Some(m) = &mut self.mirror {
+            if let Err(e) = m.write_all(&buf[..n]) {
+                tracing::debug!(error = %e, "the copy of the layer stopped");
+                self.mirror = None;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.main.flush()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

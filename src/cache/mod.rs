@@ -12,6 +12,7 @@
 pub mod archive;
 pub mod buildcache;
 pub mod content;
+pub mod converted;
 pub mod digest;
 pub mod export;
 pub mod gc;

@@ -28,6 +28,31 @@ pub enum NetworkCommand {
     Rm(RmArgs),
     /// Remove all unused networks.
     Prune(PruneArgs),
+    /// Connect a running container to a network.
+    Connect(ConnectArgs),
+    /// Disconnect a container from a network.
+    Disconnect(DisconnectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Add a network-scoped alias for the container.
+    #[arg(long = "alias", value_name = "ALIAS")]
+    pub aliases: Vec<String>,
+    /// IPv4 address for the container on this network.
+    #[arg(long)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    pub network: String,
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DisconnectArgs {
+    /// Accepted for docker compatibility.
+    #[arg(short, long)]
+    pub force: bool,
+    pub network: String,
+    pub container: String,
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +109,19 @@ pub struct PruneArgs {
 }
 
 pub fn run(command: &NetworkCommand, root: &Path) -> anyhow::Result<Outcome> {
-    run_with(command, &Networks::open(root)?)
+    match command {
+        NetworkCommand::Connect(a) => {
+            let c = crate::run::state::Containers::open(root)?.find(&a.container)?;
+            crate::run::net::connect_running(root, &c, &a.network, a.aliases.clone(), a.ip)?;
+            Ok(Outcome::Success)
+        }
+        NetworkCommand::Disconnect(a) => {
+            let c = crate::run::state::Containers::open(root)?.find(&a.container)?;
+            crate::run::net::disconnect(root, &c, &a.network)?;
+            Ok(Outcome::Success)
+        }
+        _ => run_with(command, &Networks::open(root)?),
+    }
 }
 
 /// Where network commands go: the local networks, or a daemon (`kiln -H`). Errors are the
@@ -125,6 +162,9 @@ pub fn run_with(command: &NetworkCommand, nets: &dyn NetworkBackend) -> anyhow::
         NetworkCommand::Inspect(a) => inspect(a, nets),
         NetworkCommand::Rm(a) => rm(a, nets),
         NetworkCommand::Prune(a) => prune(a, nets),
+        NetworkCommand::Connect(_) | NetworkCommand::Disconnect(_) => {
+            anyhow::bail!("network connect and disconnect are not served through the API yet")
+        }
     }
 }
 

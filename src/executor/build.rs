@@ -144,6 +144,13 @@ struct StageRun {
     /// The name shown in progress lines (`stage-N` when unnamed).
     name: String,
     skip_cache: bool,
+    /// Creation time (unix seconds) of the latest layer step so far: a cached step keeps the
+    /// time of the build that made it, so a fully cached rebuild makes the same image.
+    clock: Option<i64>,
+    /// The base's creation time, for a stage whose steps are all metadata.
+    base_time: Option<i64>,
+    /// History entries of this stage's metadata steps, timed at the end (with `clock`).
+    untimed: Vec<usize>,
 }
 
 /// Which stages skip cache lookups (their results are still recorded).
@@ -185,8 +192,7 @@ impl Builder<'_> {
             .and_then(|t| results.remove(&t.index))
             .ok_or_else(|| ExecError::Store("the build has no target stage".into()))?;
         let target = Arc::unwrap_or_clone(target);
-        let mut config = target.config;
-        config.created = Some(rfc3339(plan.created));
+        let config = target.config;
         let layers = target.layers.into_iter().map(|l| l.blob).collect();
         self.store
             .commit_image(&config, layers)
@@ -243,7 +249,18 @@ impl Builder<'_> {
                         ExecError::Store(format!("stage {} ended before it started", stage.index))
                     })?;
                     let mut config = stage.config.clone();
-                    config.history = state.history;
+                    let created = match plan.source_date_epoch {
+                        Some(_) => plan.created,
+                        None => state.clock.or(state.base_time).unwrap_or(plan.created),
+                    };
+                    let mut history = state.history;
+                    for i in state.untimed {
+                        if let Some(h) = history.get_mut(i) {
+                            h.created = Some(rfc3339(created));
+                        }
+                    }
+                    config.history = history;
+                    config.created = Some(rfc3339(created));
                     config.rootfs.diff_ids =
                         state.layers.iter().map(|l| l.diff_id.clone()).collect();
                     let result = StageResult {
@@ -393,6 +410,13 @@ impl Builder<'_> {
                 .clone()
                 .unwrap_or_else(|| format!("stage-{}", stage.index)),
             skip_cache: self.no_cache.applies(stage),
+            clock: None,
+            base_time: base
+                .config
+                .created
+                .as_deref()
+                .and_then(crate::cache::image::parse_rfc3339),
+            untimed: Vec::new(),
         })
     }
 
@@ -417,7 +441,6 @@ impl Builder<'_> {
             .get(n)
             .ok_or_else(|| ExecError::Store(format!("stage {} has no step {n}", stage.index)))?;
         let stage_keys = |i: usize| results.get(&i).and_then(|r| r.key.clone());
-        let created = rfc3339(plan.created);
         let total = stage.ops.len();
         let stage_name = state.name.clone();
         let skip_cache = state.skip_cache;
@@ -467,10 +490,10 @@ impl Builder<'_> {
                     .map_err(|e| e.at(op.span, shown))?,
                 _ => None,
             };
-            let layer = match cached {
-                Some(hit) => {
+            let (layer, step_time) = match cached {
+                Some((hit, made)) => {
                     self.progress.cached(step_id);
-                    hit
+                    (hit, Some(made))
                 }
                 None => {
                     if let (Some(explain), Some(r)) = (&self.explain, &record) {
@@ -500,13 +523,24 @@ impl Builder<'_> {
                             ),
                         });
                         cache
-                            .put(k, record, shown)
+                            .put(k, record, shown, plan.created)
                             .map_err(|e| ExecError::Store(e.to_string()))?;
                     }
                     self.progress.done(step_id, started.elapsed().as_secs_f64());
-                    layer
+                    let ran = (!matches!(op.kind, OpKind::Metadata)).then_some(plan.created);
+                    (layer, ran)
                 }
             };
+            // SOURCE_DATE_EPOCH pins every time.
+            let step_time = match plan.source_date_epoch {
+                Some(_) => Some(plan.created),
+                None => step_time,
+            };
+            if let Some(t) = step_time {
+                state.clock = Some(state.clock.map_or(t, |c| c.max(t)));
+            } else {
+                state.untimed.push(state.history.len());
+            }
             if let (Some(explain), Some(r)) = (&self.explain, record) {
                 if !matches!(op.kind, OpKind::Metadata) {
                     if let Ok(mut current) = explain.current.lock() {
@@ -523,7 +557,7 @@ impl Builder<'_> {
                 state.layers.push(l);
             }
             state.history.push(History {
-                created: Some(created.clone()),
+                created: step_time.map(rfc3339),
                 created_by: Some(op.created_by.clone()),
                 comment: Some("buildkit.dockerfile.v0".into()),
                 empty_layer: empty,
@@ -595,7 +629,7 @@ impl Builder<'_> {
         cache: &BuildCache,
         key: &Digest,
         below: &[LayerRef],
-    ) -> Result<Option<Option<LayerRef>>, ExecError> {
+    ) -> Result<Option<(Option<LayerRef>, i64)>, ExecError> {
         let store = |e: String| ExecError::Store(e);
         let Some(record) = cache.lookup(key).map_err(|e| store(e.to_string()))? else {
             return Ok(None);
@@ -626,7 +660,7 @@ impl Builder<'_> {
             }
         };
         cache.mark_used(key);
-        Ok(Some(layer))
+        Ok(Some((layer, record.created)))
     }
 
     fn run_op(

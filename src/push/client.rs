@@ -406,6 +406,31 @@ impl Registry {
         .await
     }
 
+    /// A request to `url` on this registry, with the authorization for `token` (from
+    /// [`Registry::authenticate`]) or the Basic credentials.
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, url);
+        if let Some(a) = self.authorization(token) {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        req
+    }
+
+    /// The absolute URL of API path `path` (`/v2/...`), or of a `Location` the registry
+    /// answered (absolute, or relative to the registry).
+    pub(crate) fn url(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else {
+            format!("{}://{}{}", self.scheme, self.api_host, path)
+        }
+    }
+
     fn authorization(&self, token: Option<&str>) -> Option<String> {
         match (token, &self.auth) {
             (Some(t), _) => Some(format!("Bearer {t}")),
@@ -583,7 +608,7 @@ impl Registry {
     }
 
     /// An error for an HTTP error status and its body (an error document, or not).
-    fn status_error(&self, reference: &str, status: u16, body: &[u8]) -> RegistryError {
+    pub(crate) fn status_error(&self, reference: &str, status: u16, body: &[u8]) -> RegistryError {
         if status == 401 {
             return self.unauthorized(reference);
         }

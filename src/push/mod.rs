@@ -8,7 +8,7 @@
 //! - [`credentials`]: docker-compatible credentials (config.json `auths`, `credsStore`,
 //!   `credHelpers`); [`challenge`]: `WWW-Authenticate` parsing and token requests.
 //! - [`sources`]: which repositories hold a blob (for cross-repository mounts);
-//!   [`progress`]: per-blob progress events.
+//!   [`progress`]: per-blob progress events; `stream`: layers uploaded while they compress.
 
 pub mod cache_export;
 pub mod challenge;
@@ -19,6 +19,7 @@ pub mod pull;
 #[allow(clippy::module_inception)]
 pub mod push;
 pub mod sources;
+mod stream;
 mod tee;
 
 pub use client::{Registry, RegistryError, RegistrySettings};

@@ -1,9 +1,11 @@
 //! `kiln push`, `kiln build --push`: an image of the store into a registry.
 //!
-//! 1. [`prepare_for_export`] compresses the layers as asked (gzip by default, zstd on
+//! 1. [`prepare_for_export_with`] compresses the layers as asked (gzip by default, zstd on
 //!    request), all layers in parallel, and gives the manifest to send: the stored bytes
 //!    unchanged when no layer changed, so the digest printed is the digest the registry holds.
-//! 2. Every blob (config and layers, 4 at a time): `HEAD` first and skipped when the
+//! 2. Every blob (config and layers, 4 at a time), as soon as it is ready (the config and
+//!    unchanged layers at once, each compressed layer when it is committed, while the others
+//!    still compress; the connection is set up meanwhile): `HEAD` first and skipped when the
 //!    registry has it; else mounted from another repository of the same registry that is
 //!    known to hold it ([`BlobSources`]); else uploaded in one streamed `PUT` straight from
 //!    the content store. Connection errors and 5xx answers are retried with backoff.
@@ -15,7 +17,8 @@ use tokio::io::AsyncReadExt;
 use super::client::{retry, runtime, Registry, RegistryError, RegistrySettings, Result};
 use super::progress::Progress;
 use super::sources::BlobSources;
-use crate::cache::export::{prepare_for_export, LayerCompression};
+use super::stream::Streams;
+use crate::cache::export::{prepare_for_export_with, LayerCompression};
 use crate::cache::image::Descriptor;
 use crate::cache::store::ImageStore;
 use crate::cache::Digest;
@@ -49,26 +52,63 @@ pub fn push(
     target: &Reference,
     opts: &PushOptions<'_>,
 ) -> Result<Pushed> {
-    let exported = prepare_for_export(store, manifest, opts.compression)?;
-    let bytes = store.content.read(&exported.manifest.digest)?;
-    let mut blobs = exported.layers.clone();
-    blobs.push(exported.config.clone());
     let rt = runtime()?;
-    let pushed = rt.block_on(async {
-        let registry = Registry::connect(&target.domain, opts.settings).await?;
-        opts.progress.message(&format!(
-            "The push refers to repository [{}]",
-            target.repository()
-        ));
-        upload_all(&registry, store, target, &blobs, opts.progress).await?;
-        put_manifest(
+    let shown = target.to_string();
+    // Blobs are uploaded as soon as they are ready (while later layers still compress);
+    // compressed layers are even streamed while they compress (see `super::stream`); the
+    // connection is set up meanwhile.
+    let streams = &Streams::new(&target.path, &shown, rt.handle().clone());
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(Option<usize>, Descriptor)>();
+    let (exported, pushed) = std::thread::scope(|scope| {
+        let preparing = scope.spawn(move || {
+            prepare_for_export_with(
+                store,
+                manifest,
+                opts.compression,
+                &|index, d| {
+                    // The receiver is gone only when the upload failed: reported there.
+                    let _ = ready_tx.send((index, d.clone()));
+                },
+                &|index| streams.mirror(index),
+            )
+        });
+        let uploaded = rt.block_on(async {
+            let registry = Registry::connect(&target.domain, opts.settings).await?;
+            streams.connected(&registry);
+            opts.progress.message(&format!(
+                "The push refers to repository [{}]",
+                target.repository()
+            ));
+            let ready = futures_util::stream::poll_fn(|cx| ready_rx.poll_recv(cx));
+            upload_stream(
+                &registry,
+                store,
+                target,
+                ready,
+                Some(streams),
+                opts.progress,
+            )
+            .await?;
+            Ok::<_, RegistryError>(registry)
+        });
+        // Stop handing over blobs and streaming if the upload failed (the export still
+        // finishes; after a success it has finished).
+        ready_rx.close();
+        streams.stop();
+        let exported = preparing
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))?;
+        let registry = uploaded?;
+        let bytes = store.content.read(&exported.manifest.digest)?;
+        let pushed = rt.block_on(put_manifest(
             &registry,
             target,
             &bytes,
             &exported.manifest.media_type,
-            &target.to_string(),
-        )
-        .await
+            &shown,
+        ))?;
+        Ok::<_, RegistryError>((exported, pushed))
     })?;
     opts.progress.message(&format!(
         "{}: digest: {} size: {}",
@@ -94,17 +134,39 @@ pub(crate) async fn upload_all(
     blobs: &[Descriptor],
     progress: &dyn Progress,
 ) -> Result<()> {
-    let shown = target.to_string();
-    let sources = BlobSources::open(store.root());
-    for b in blobs {
-        progress.start(&b.digest, b.size, "Preparing");
-    }
-    futures_util::stream::iter(blobs)
-        .map(|b| upload_blob(registry, store, target, b, &sources, progress, &shown))
+    let blobs = futures_util::stream::iter(blobs.iter().map(|b| (None, b.clone())));
+    upload_stream(registry, store, target, blobs, None, progress).await
+}
+
+/// Uploads the blobs of `blobs` (with their layer index) as they come, 4 at a time, and
+/// records that the repository holds them. A layer that was streamed while it compressed
+/// only needs its upload committed.
+async fn upload_stream(
+    registry: &Registry,
+    store: &ImageStore,
+    target: &Reference,
+    blobs: impl futures_util::Stream<Item = (Option<usize>, Descriptor)>,
+    streams: Option<&Streams>,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let shown = &target.to_string();
+    let sources = &BlobSources::open(store.root());
+    let pushed: Vec<Digest> = blobs
+        .map(|(index, b)| async move {
+            progress.start(&b.digest, b.size, "Preparing");
+            if let (Some(index), Some(streams)) = (index, streams) {
+                if streams.finish(index, &b).await {
+                    progress.status(&b.digest, "Pushed");
+                    return Ok(b.digest);
+                }
+            }
+            upload_blob(registry, store, target, &b, sources, progress, shown).await?;
+            Ok::<_, RegistryError>(b.digest)
+        })
         .buffer_unordered(CONCURRENT_UPLOADS)
-        .try_collect::<Vec<()>>()
+        .try_collect()
         .await?;
-    if let Err(e) = sources.record(&target.repository(), blobs.iter().map(|b| &b.digest)) {
+    if let Err(e) = sources.record(&target.repository(), pushed.iter()) {
         tracing::warn!("cannot record the pushed blobs: {e}");
     }
     Ok(())

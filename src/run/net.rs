@@ -182,20 +182,90 @@ pub fn setup(root: &Path, c: &Container) -> Result<NetSetup> {
     }
 }
 
+/// `kiln network connect` of a running container: its namespace joins `network` now (a new
+/// `ethN`, an address from that network) and its state lists the network. The connection
+/// lasts until the container stops (a restart joins only the network it was created with).
+pub fn connect_running(
+    root: &Path,
+    c: &Container,
+    network: &str,
+    aliases: Vec<String>,
+    ip: Option<Ipv4Addr>,
+) -> Result<NetworkInfo> {
+    if matches!(c.config.network_mode.as_str(), "none" | "host") {
+        return Err(RunError::Invalid(format!(
+            "container {} uses --network {}: it cannot join other networks",
+            c.config.name, c.config.network_mode
+        )));
+    }
+    if !c.state()?.is_running() {
+        return Err(RunError::Invalid(format!(
+            "container {} is not running: kiln connects running containers only",
+            c.config.name
+        )));
+    }
+    let networks = Networks::open(root).map_err(net_err)?;
+    let req = EndpointRequest {
+        container_id: c.config.id.clone(),
+        name: c.config.name.clone(),
+        aliases,
+        netns: netns_path(root, c),
+        ports: Vec::new(),
+        ip,
+    };
+    let ep = networks.connect(network, &req).map_err(net_err)?;
+    let info = NetworkInfo {
+        network: ep.network.clone(),
+        ip_address: ep.ip.to_string(),
+        ip_prefix_len: ep.prefix_len,
+        gateway: ep.gateway.to_string(),
+        mac_address: ep.mac.clone(),
+    };
+    c.update_state(|s| s.networks.push(info.clone()))?;
+    Ok(info)
+}
+
+/// `kiln network disconnect`: the container leaves `network` (its interface, address and
+/// name on that network go).
+pub fn disconnect(root: &Path, c: &Container, network: &str) -> Result<()> {
+    let networks = Networks::open(root).map_err(net_err)?;
+    let name = networks.inspect(network).map_err(net_err)?.name;
+    let state = c.state()?;
+    if !state.networks.iter().any(|n| n.network == name) {
+        return Err(RunError::Invalid(format!(
+            "container {} is not connected to network {name}",
+            c.config.name
+        )));
+    }
+    networks.disconnect(&name, &c.config.id).map_err(net_err)?;
+    c.update_state(|s| s.networks.retain(|n| n.network != name))?;
+    Ok(())
+}
+
 /// Releases what [`setup`] made (idempotent): endpoints, port rules, the namespace.
 pub fn teardown(root: &Path, c: &Container) {
     if matches!(c.config.network_mode.as_str(), "none" | "host") {
         return;
     }
     // The namespace first: with no process left in it, the kernel destroys it (and the
-    // container's veth with it) in the background, so the release below rarely has to wait
-    // for a veth deletion itself.
-    if let Err(e) = netns::remove(&netns_path(root, c)) {
-        tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
-    }
+    // container's veth with it) in the background, so the release does not delete the veth
+    // itself (that waits ~20 ms for the kernel). If the namespace cannot be removed, the
+    // release deletes the veth.
+    let netns_gone = match netns::remove(&netns_path(root, c)) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(container = c.short_id(), error = %e, "cannot remove the network namespace");
+            false
+        }
+    };
     match Networks::open(root) {
         Ok(n) => {
-            if let Err(e) = n.release_container(&c.config.id) {
+            let released = if netns_gone {
+                n.release_container_netns_gone(&c.config.id)
+            } else {
+                n.release_container(&c.config.id)
+            };
+            if let Err(e) = released {
                 tracing::warn!(container = c.short_id(), error = %e, "cannot release the network");
             }
         }

@@ -83,12 +83,29 @@ pub(crate) fn file_of(dir: &Path, id: &str) -> PathBuf {
 }
 
 pub(crate) fn save(dir: &Path, info: &NetworkInfo) -> Result<(), NetworkError> {
+    write(dir, info, true)
+}
+
+/// Like [`save`] for changes of endpoints (connect, disconnect, release): replaced
+/// atomically but not fsynced. Endpoints only exist while their containers run, and a machine
+/// crash ends those; what matters is that every process sees the update at once (rename),
+/// which it does. Starting a container on a bridge saves this three times.
+pub(crate) fn save_endpoints(dir: &Path, info: &NetworkInfo) -> Result<(), NetworkError> {
+    write(dir, info, false)
+}
+
+fn write(dir: &Path, info: &NetworkInfo, durable: bool) -> Result<(), NetworkError> {
     let path = file_of(dir, &info.id);
     let bytes = serde_json::to_vec_pretty(info).map_err(|source| NetworkError::State {
         path: path.clone(),
         source,
     })?;
-    write_atomic(&path, &bytes).map_err(|e| NetworkError::io("cannot write", &path, e))
+    let written = if durable {
+        write_atomic(&path, &bytes)
+    } else {
+        crate::cache::lock::write_replace(&path, &bytes)
+    };
+    written.map_err(|e| NetworkError::io("cannot write", &path, e))
 }
 
 pub(crate) fn delete(dir: &Path, id: &str) -> Result<(), NetworkError> {
