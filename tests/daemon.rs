@@ -1034,3 +1034,21 @@ fn docker_logs_and_logs_follow() {
     assert_eq!(out, "second\n");
     d.docker(&["rm", &name]);
 }
+
+#[test]
+fn docker_run_prints_the_output_and_exit_code() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let out = d.docker(&["run", "--rm", base, "echo", "hi"]);
+    assert_eq!(out, "hi\n");
+    assert!(
+        d.docker(&["ps", "-a", "-q"]).trim().is_empty(),
+        "--rm left the container"
+    );
+    let mut cmd = d.docker_cmd(&["run", base, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let o = cmd.output().expect("docker run");
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "out\n");
+    assert_eq!(stderr(&o), "err\n");
+}

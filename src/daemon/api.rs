@@ -147,6 +147,12 @@ async fn dispatch(
             )
             .await
         }
+        (Method::POST, r) if container_action(r, "attach").is_some() => {
+            let id = container_action(r, "attach")
+                .unwrap_or_default()
+                .to_string();
+            containers::attach(&state, &id, &query, req).await
+        }
         (Method::POST, r) if container_action(r, "stop").is_some() => {
             containers::stop(
                 &state,
@@ -164,7 +170,12 @@ async fn dispatch(
             .await
         }
         (Method::POST, r) if container_action(r, "wait").is_some() => {
-            containers::wait(&state, container_action(r, "wait").unwrap_or_default()).await
+            containers::wait(
+                &state,
+                container_action(r, "wait").unwrap_or_default(),
+                &query,
+            )
+            .await
         }
         (Method::DELETE, r) if one_segment(r, "/containers/").is_some() => {
             containers::remove(

@@ -156,15 +156,61 @@ pub async fn kill(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     no_content(StatusCode::NO_CONTENT)
 }
 
-pub async fn wait(state: &Arc<State>, key: &str) -> ApiResult {
-    let st = state.clone();
-    let key = key.to_string();
-    let code = blocking(move || {
-        let c = find(&st, &key)?;
-        Ok(lifecycle::wait(&st.engine.root, &c)?)
-    })
-    .await?;
-    json(&json!({"StatusCode": code, "Error": null}))
+/// `POST /containers/{id}/wait?condition=not-running|next-exit|removed`.
+pub async fn wait(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
+    let condition = query
+        .get("condition")
+        .filter(|c| !c.is_empty())
+        .unwrap_or("not-running")
+        .to_string();
+    if !matches!(condition.as_str(), "not-running" | "next-exit" | "removed") {
+        return Err(ApiError::bad_request(format!(
+            "invalid condition {condition:?} (not-running, next-exit, removed)"
+        )));
+    }
+    let c = {
+        let st = state.clone();
+        let key = key.to_string();
+        blocking(move || find(&st, &key)).await?
+    };
+    // Headers go out now, the result when the condition is met: the docker CLI waits for
+    // the headers before it starts the container (`docker run`).
+    let (tx, resp) = super::http::stream("application/json");
+    let root = state.engine.root.clone();
+    tokio::task::spawn_blocking(move || {
+        let code = wait_for(&root, &c, &condition);
+        let body = match code {
+            Ok(code) => json!({"StatusCode": code, "Error": null}),
+            Err(e) => json!({"StatusCode": -1, "Error": {"Message": e.to_string()}}),
+        };
+        let mut line = serde_json::to_vec(&body).unwrap_or_default();
+        line.push(b'\n');
+        let _ = tx.blocking_send(Ok(bytes::Bytes::from(line)));
+    });
+    Ok(resp)
+}
+
+/// Blocks until `condition` holds; the exit code then.
+fn wait_for(root: &std::path::Path, c: &Container, condition: &str) -> crate::run::Result<i32> {
+    if condition == "not-running" {
+        return lifecycle::wait(root, c);
+    }
+    let started_before = c.state()?.started_at;
+    let mut last = 0;
+    loop {
+        // Gone (a --rm container removed itself): its last exit code.
+        if !c.dir.exists() {
+            return Ok(last);
+        }
+        let Ok(s) = crate::run::monitor::settle(root, c) else {
+            return Ok(last);
+        };
+        last = s.exit_code;
+        if !s.is_running() && s.started_at != started_before && condition == "next-exit" {
+            return Ok(s.exit_code);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 pub async fn remove(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
@@ -510,5 +556,145 @@ pub async fn logs(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
             tracing::debug!("logs of {}: {e}", c.id());
         }
     });
+    Ok(resp)
+}
+
+/// `POST /containers/{id}/attach` (stdout/stderr, `stream`): the connection is hijacked
+/// (101, `Upgrade: tcp`) and carries the container's output from now on in the multiplexed
+/// format (raw for tty) until it exits. Output comes from the container's log, so it works
+/// for containers started after the attach (`docker run` attaches, then starts). Standard
+/// input is not forwarded yet.
+pub async fn attach(
+    state: &Arc<State>,
+    key: &str,
+    query: &Query,
+    mut req: hyper::Request<hyper::body::Incoming>,
+) -> ApiResult {
+    if query.flag("stdin") {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "attaching standard input is not supported by kiln's API yet (use kiln run -i)",
+        ));
+    }
+    let (want_out, want_err) = (query.flag("stdout"), query.flag("stderr"));
+    let c = {
+        let st = state.clone();
+        let key = key.to_string();
+        blocking(move || find(&st, &key)).await?
+    };
+    let offset = std::fs::metadata(c.log_path())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let tty = c.config.tty;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let root = state.engine.root.clone();
+    tokio::spawn(async move {
+        let io = match upgrade.await {
+            Ok(u) => hyper_util::rt::TokioIo::new(u),
+            Err(e) => {
+                tracing::debug!("attach upgrade failed: {e}");
+                return;
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<super::http::Chunk>(64);
+        let writer_task = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut io = io;
+            while let Some(Ok(chunk)) = rx.recv().await {
+                if io.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = io.shutdown().await;
+        });
+        let _ = tokio::task::spawn_blocking(move || {
+            let writer = |wanted: bool, stream: u8| -> Box<dyn std::io::Write> {
+                if wanted {
+                    Box::new(MuxWriter {
+                        tx: tx.clone(),
+                        stream: (!tty).then_some(stream),
+                    })
+                } else {
+                    Box::new(Discard)
+                }
+            };
+            let (mut out, mut err) = (writer(want_out, 1), writer(want_err, 2));
+            use std::io::Write as _;
+            // Until the container has run and stopped (it may not have started yet).
+            let started_before = c.state().map(|s| s.started_at).unwrap_or(0);
+            let done = || {
+                if tx.is_closed() {
+                    return true;
+                }
+                match crate::run::monitor::settle(&root, &c) {
+                    Ok(s) => !s.is_running() && s.started_at != started_before,
+                    Err(_) => true,
+                }
+            };
+            // The log is opened once and kept open: a --rm container's directory (and log)
+            // may be gone before the last read.
+            let path = c.log_path();
+            let mut file: Option<std::io::BufReader<std::fs::File>> = None;
+            let mut pending = String::new();
+            loop {
+                let finished = done();
+                if file.is_none() {
+                    if let Ok(mut f) = std::fs::File::open(&path) {
+                        let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset));
+                        file = Some(std::io::BufReader::new(f));
+                    }
+                }
+                if let Some(f) = file.as_mut() {
+                    loop {
+                        let mut line = String::new();
+                        match std::io::BufRead::read_line(f, &mut line) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {}
+                        }
+                        pending.push_str(&line);
+                        if !pending.ends_with('\n') {
+                            continue;
+                        }
+                        if let Ok(e) = serde_json::from_str::<crate::run::logs::Entry>(&pending) {
+                            let w = if e.stream == "stderr" {
+                                &mut err
+                            } else {
+                                &mut out
+                            };
+                            if w.write_all(e.log.as_bytes()).is_err() {
+                                return;
+                            }
+                        }
+                        pending.clear();
+                    }
+                }
+                if finished {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+        .await;
+        let _ = writer_task.await;
+    });
+    let mut resp = hyper::Response::new(super::http::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static("tcp"),
+    );
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(if tty {
+            "application/vnd.docker.raw-stream"
+        } else {
+            "application/vnd.docker.multiplexed-stream"
+        }),
+    );
     Ok(resp)
 }
