@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::build::Kiln;
-use crate::util::{kiln, run, stderr, stdout};
+use crate::util::{free_port, iptables_save, kiln, run, stderr, stdout};
 
 /// A test root with the busybox image; removes every container on drop.
 pub struct Lab {
@@ -627,13 +627,6 @@ fn cp_health_and_prune() {
     b.assert_nothing_left(&[id]);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn http_get(port: u16) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(
@@ -646,13 +639,6 @@ fn http_get(port: u16) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
-}
-
-fn iptables_save() -> String {
-    let out = Command::new("iptables-save")
-        .output()
-        .expect("iptables-save");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A unique network name (bridges are machine-wide).

@@ -15,7 +15,7 @@ use kiln::run::network::{
     dns, netns, parse_publish, CreateOptions, Endpoint, EndpointRequest, NetworkError, Networks,
 };
 
-use crate::util::{kiln, run, stderr, stdout};
+use crate::util::{iptables_save, kiln, run, stderr, stdout};
 
 /// A network namespace standing in for a container; removed (with its processes) on drop.
 struct Ns {
@@ -124,10 +124,6 @@ fn ip_links() -> String {
             .stdout,
     )
     .into_owned()
-}
-
-fn iptables_save() -> String {
-    String::from_utf8_lossy(&Command::new("iptables-save").output().unwrap().stdout).into_owned()
 }
 
 /// A UDP echo server on `port` inside `ns`, for a bounded time.

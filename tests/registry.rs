@@ -11,20 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::build::Kiln;
-use crate::util::{kiln, run, stderr, stdout};
+use crate::util::{free_port, kiln, run, stderr, stdout};
 
 /// A `docker-registry serve` process with its storage in a temp dir; killed on drop.
 pub struct TestRegistry {
     child: Child,
     pub addr: String,
     dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn wait_listening(addr: &str) -> bool {

@@ -94,3 +94,19 @@ pub fn golden(path: &Path, actual: &str) -> Option<String> {
     (expected != actual)
         .then(|| format!("{} differs:\n{}", path.display(), diff(&expected, actual)))
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The host's iptables rules (to check what kiln added or left behind).
+pub fn iptables_save() -> String {
+    let out = Command::new("iptables-save")
+        .output()
+        .expect("iptables-save");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -409,7 +409,7 @@ fn is_opaque_dir(path: &Path) -> Result<bool> {
 }
 
 /// Errors that mean "this xattr (namespace) is not available here", handled best effort.
-fn xattr_unsupported(e: &io::Error) -> bool {
+pub(crate) fn xattr_unsupported(e: &io::Error) -> bool {
     use nix::errno::Errno;
     matches!(
         e.raw_os_error().map(Errno::from_raw),

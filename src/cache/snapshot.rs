@@ -65,7 +65,7 @@ use nix::sys::time::TimeSpec;
 use walkdir::WalkDir;
 
 use super::digest::Digest;
-use super::layer::{LayerError, UnpackMode};
+use super::layer::{xattr_unsupported, LayerError, UnpackMode};
 
 /// Result type of this module.
 pub type Result<T, E = SnapshotError> = std::result::Result<T, E>;
@@ -1326,13 +1326,6 @@ fn set_times(path: &Path, meta: &fs::Metadata) -> Result<()> {
     .map_err(errno_err("setting times of", path))
 }
 
-fn xattr_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error().map(Errno::from_raw),
-        Some(Errno::EOPNOTSUPP | Errno::EPERM | Errno::EACCES | Errno::ENODATA)
-    )
-}
-
 /// The xattrs of `path` (not following symlinks), sorted.
 fn xattrs_of(path: &Path) -> Result<Vec<(OsString, Vec<u8>)>> {
     let names = match xattr::list(path) {
@@ -1535,8 +1528,18 @@ fn attrs_differ(a: &fs::Metadata, b: &fs::Metadata) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 /// The overlay snapshotter when the kernel and the filesystem under `root` support it (probed
-/// by mounting a tiny overlay and deleting a file through it), else the copying one.
+/// by mounting a tiny overlay and deleting a file through it, on a root without snapshots
+/// yet), else the copying one. A root keeps the kind it started with.
 pub fn open_default(root: &Path) -> Result<Box<dyn Snapshotter>> {
+    // A root that already has snapshots keeps its kind: probing mounts a test overlay, too
+    // slow for every command (`kiln run`, every export).
+    let existing = root.join("snapshots");
+    if existing.join("overlayfs").is_dir() {
+        return Ok(Box::new(OverlaySnapshotter::new(root)?));
+    }
+    if existing.join("copy").is_dir() {
+        return Ok(Box::new(CopySnapshotter::new(root)?));
+    }
     let mounts = root.join("mounts");
     make_dir_all(&mounts)?;
     match probe_overlay(&mounts, &LinuxMounter) {

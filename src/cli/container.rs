@@ -633,10 +633,6 @@ pub fn wait(args: &ContainersArgs, root: &Path) -> anyhow::Result<Outcome> {
     })
 }
 
-fn now_secs() -> i64 {
-    crate::cache::image::unix_now()
-}
-
 fn ports_text(c: &Container, s: &State) -> String {
     let mut parts: Vec<String> = s
         .ports
@@ -734,7 +730,9 @@ pub fn ps(args: &PsArgs, root: &Path) -> anyhow::Result<Outcome> {
         ids.push(id.clone());
         let created = format!(
             "{} ago",
-            human_duration(now_secs() - (c.config.created / 1_000_000_000) as i64)
+            human_duration(
+                crate::cache::image::unix_now() - (c.config.created / 1_000_000_000) as i64
+            )
         );
         let row = vec![
             id.clone(),

@@ -94,11 +94,6 @@ pub fn transfer_progress(quiet: bool) -> Box<dyn Progress> {
     }
 }
 
-/// docker's 12-character blob ID.
-fn short(d: &Digest) -> &str {
-    &d.hex()[..12.min(d.hex().len())]
-}
-
 /// Plain lines (`abcdef012345: Pull complete`), without the byte-by-byte updates.
 struct LineProgress {
     out: Mutex<std::io::Stdout>,
@@ -114,11 +109,11 @@ impl LineProgress {
 
 impl Progress for LineProgress {
     fn start(&self, blob: &Digest, _size: u64, status: &str) {
-        self.line(&format!("{}: {status}", short(blob)));
+        self.line(&format!("{}: {status}", blob.short()));
     }
     fn status(&self, blob: &Digest, status: &str) {
         if status != "Downloading" && status != "Pushing" {
-            self.line(&format!("{}: {status}", short(blob)));
+            self.line(&format!("{}: {status}", blob.short()));
         }
     }
     fn message(&self, text: &str) {
@@ -163,7 +158,7 @@ impl Progress for BarProgress {
     fn start(&self, blob: &Digest, size: u64, status: &str) {
         let bar = self.multi.add(ProgressBar::new(size));
         bar.set_style(idle_style());
-        bar.set_prefix(short(blob).to_string());
+        bar.set_prefix(blob.short().to_string());
         bar.set_message(status.to_string());
         if let Ok(mut bars) = self.bars.lock() {
             bars.insert(blob.clone(), bar);

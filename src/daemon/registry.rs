@@ -31,10 +31,6 @@ struct JsonProgress {
     sizes: Mutex<HashMap<Digest, (u64, u64)>>,
 }
 
-fn short(d: &Digest) -> String {
-    d.hex().chars().take(12).collect()
-}
-
 impl JsonProgress {
     fn send(&self, v: Value) {
         let _ = self.tx.send(json_line(&v));
@@ -46,7 +42,7 @@ impl Progress for JsonProgress {
         if let Ok(mut s) = self.sizes.lock() {
             s.insert(blob.clone(), (0, size));
         }
-        self.send(json!({"status": status, "progressDetail": {}, "id": short(blob)}));
+        self.send(json!({"status": status, "progressDetail": {}, "id": blob.short()}));
     }
 
     fn advance(&self, blob: &Digest, bytes: u64) {
@@ -61,7 +57,7 @@ impl Progress for JsonProgress {
         self.send(json!({
             "status": self.verb,
             "progressDetail": {"current": current, "total": total},
-            "id": short(blob),
+            "id": blob.short(),
         }));
     }
 
@@ -75,7 +71,7 @@ impl Progress for JsonProgress {
 
     fn status(&self, blob: &Digest, status: &str) {
         if status != self.verb {
-            self.send(json!({"status": status, "progressDetail": {}, "id": short(blob)}));
+            self.send(json!({"status": status, "progressDetail": {}, "id": blob.short()}));
         }
     }
 

@@ -6,13 +6,10 @@ use serde_json::{json, Value};
 use crate::cli::format::human_duration;
 use crate::run::state::{Container, State, Status};
 
-fn now_secs() -> i64 {
-    crate::cache::image::unix_now()
-}
-
 /// docker's STATUS column.
 pub fn status_text(s: &State) -> String {
-    let since = |t: i128| human_duration(now_secs() - (t / 1_000_000_000) as i64);
+    let since =
+        |t: i128| human_duration(crate::cache::image::unix_now() - (t / 1_000_000_000) as i64);
     let health = s
         .health
         .as_ref()

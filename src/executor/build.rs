@@ -377,6 +377,13 @@ impl Builder<'_> {
             .map_err(|e| ExecError::Store(format!("unpacking layer {blob}: {e}")))
     }
 
+    /// A read-only view of a stage's or image's result, its layers unpacked first if they
+    /// came from an imported cache.
+    fn view_result(&self, r: &StageResult) -> Result<View, ExecError> {
+        self.ensure_snapshots(&r.layers)?;
+        self.view(r.chain().as_ref())
+    }
+
     fn view(&self, chain: Option<&Digest>) -> Result<View, ExecError> {
         self.snapshots
             .view(chain)
@@ -769,8 +776,7 @@ impl Builder<'_> {
                 let src = results
                     .get(i)
                     .ok_or_else(|| ExecError::Store(format!("stage {i} was not built")))?;
-                self.ensure_snapshots(&src.layers)?;
-                let view = self.view(src.chain().as_ref())?;
+                let view = self.view_result(src)?;
                 let tree = RootfsTree {
                     root: view.path(),
                     name: format!("stage {i}"),
@@ -779,7 +785,7 @@ impl Builder<'_> {
             }
             CopyFrom::Image(img) => {
                 let src = self.image_result(&img.manifest_digest)?;
-                let view = self.view(src.chain().as_ref())?;
+                let view = self.view_result(&src)?;
                 let tree = RootfsTree {
                     root: view.path(),
                     name: format!("image {}", img.reference),
@@ -795,15 +801,14 @@ impl Builder<'_> {
             let r = results.get(&s.index).ok_or_else(|| {
                 ExecError::Store(format!("stage {name} was not built before it was mounted"))
             })?;
-            self.ensure_snapshots(&r.layers)?;
-            return self.view(r.chain().as_ref());
+            return self.view_result(r);
         }
         let img = self
             .store
             .lookup(name)
             .map_err(|e| ExecError::Store(e.to_string()))?;
         let r = self.image_result(&img.manifest_digest)?;
-        self.view(r.chain().as_ref())
+        self.view_result(&r)
     }
 
     fn run_step(

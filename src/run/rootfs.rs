@@ -13,20 +13,9 @@ use crate::cache::snapshot::{chain_id, Snapshotter};
 use crate::cache::store::{ImageStore, StoredImage};
 use crate::cache::Digest;
 
-/// The snapshotter of `root`, without probing overlayfs again when its store already exists
-/// (the probe mounts a test overlay: too slow for every `kiln run`).
+/// The snapshotter of `root` (`snapshot::open_default`: no overlay probe once the root has
+/// snapshots).
 pub fn open_snapshots(root: &Path) -> Result<Box<dyn Snapshotter>> {
-    let snapshots = root.join("snapshots");
-    if snapshots.join("overlayfs").is_dir() {
-        return Ok(Box::new(crate::cache::snapshot::OverlaySnapshotter::new(
-            root,
-        )?));
-    }
-    if snapshots.join("copy").is_dir() {
-        return Ok(Box::new(crate::cache::snapshot::CopySnapshotter::new(
-            root,
-        )?));
-    }
     Ok(crate::cache::snapshot::open_default(root)?)
 }
 
