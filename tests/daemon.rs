@@ -14,15 +14,15 @@ const DOCKER: &str = "/usr/local/bin/docker";
 
 /// A running `kiln daemon` on `<tmp>/kiln.sock`, sharing the fixture's root (so images built
 /// in-process are visible through the API).
-struct Daemon {
-    k: Kiln,
+pub(crate) struct Daemon {
+    pub(crate) k: Kiln,
     child: Option<Child>,
-    sock: PathBuf,
+    pub(crate) sock: PathBuf,
     cfg: tempfile::TempDir,
 }
 
 impl Daemon {
-    fn start() -> Daemon {
+    pub(crate) fn start() -> Daemon {
         let k = Kiln::new();
         let sock = k.work.path().join("kiln.sock");
         let mut cmd = kiln(k.root.path());
@@ -48,7 +48,7 @@ impl Daemon {
         }
     }
 
-    fn docker_cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn docker_cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(DOCKER);
         c.args(args)
             .env("DOCKER_HOST", format!("unix://{}", self.sock.display()))
@@ -60,7 +60,7 @@ impl Daemon {
     }
 
     /// Runs docker; panics with its output unless it exits as `ok` says.
-    fn docker_expect(&self, args: &[&str], ok: bool) -> (String, String) {
+    pub(crate) fn docker_expect(&self, args: &[&str], ok: bool) -> (String, String) {
         let out = run(self.docker_cmd(args), None);
         let (o, e) = (stdout(&out), stderr(&out));
         assert_eq!(
@@ -71,7 +71,7 @@ impl Daemon {
         (o, e)
     }
 
-    fn docker(&self, args: &[&str]) -> String {
+    pub(crate) fn docker(&self, args: &[&str]) -> String {
         self.docker_expect(args, true).0
     }
 

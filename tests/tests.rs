@@ -8,6 +8,7 @@ mod check_cli;
 mod conformance;
 mod container;
 mod daemon;
+mod daemon_api;
 mod golden;
 mod images_cli;
 mod network;

@@ -911,7 +911,7 @@ impl Store {
 }
 
 /// Allocated bytes of a tree, hard links counted once.
-fn disk_usage(path: &Path) -> Result<u64> {
+pub(crate) fn disk_usage(path: &Path) -> Result<u64> {
     let mut seen = HashSet::new();
     let mut total = 0;
     for entry in WalkDir::new(path) {

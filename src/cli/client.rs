@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use super::build::BuildArgs;
+use super::container::{self, Via};
 use super::images::{self, ImageRow};
 use super::progress::{self, ProgressMode};
 use super::{archive, Cli, Command, ImageCommand, Outcome};
@@ -19,9 +20,9 @@ use crate::run::network::{CreateOptions, NetworkInfo};
 
 /// A connection to a daemon.
 pub struct ApiClient {
-    http: reqwest::blocking::Client,
-    base: String,
-    host: String,
+    pub(super) http: reqwest::blocking::Client,
+    pub(super) base: String,
+    pub(super) host: String,
 }
 
 /// The daemon this command should use, if any.
@@ -97,7 +98,7 @@ impl ApiClient {
     }
 
     /// Sends a request; a non-2xx answer becomes docker's `Error response from daemon: …`.
-    fn send(
+    pub(super) fn send(
         &self,
         req: reqwest::blocking::RequestBuilder,
     ) -> anyhow::Result<reqwest::blocking::Response> {
@@ -116,11 +117,11 @@ impl ApiClient {
         Err(DaemonError(message).into())
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+    pub(super) fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         let resp = self.send(self.http.get(self.url(path)))?;
         serde_json::from_reader(resp).context("reading the daemon's answer")
     }
@@ -138,7 +139,7 @@ impl std::fmt::Display for DaemonError {
 
 impl std::error::Error for DaemonError {}
 
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
@@ -169,24 +170,26 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
         Command::Builder { command } => match command {
             super::builder::BuilderCommand::Prune(args) => builder_prune(&api, args),
         },
-        Command::System { .. } => not_yet("system"),
+        Command::System { command } => match command {
+            super::SystemCommand::Df => super::system::df(Via::Api(&api)),
+        },
         Command::Network { command } => super::network::run_with(command, &api),
-        Command::Run(_)
-        | Command::Create(_)
-        | Command::Start(_)
-        | Command::Stop(_)
-        | Command::Kill(_)
-        | Command::Restart(_)
-        | Command::Rm(_)
-        | Command::Ps(_)
-        | Command::Logs(_)
-        | Command::Exec(_)
-        | Command::Wait(_)
-        | Command::Inspect(_)
-        | Command::Port(_)
-        | Command::Cp(_)
-        | Command::Container { .. } => not_yet("run/container"),
-        Command::Volume { .. } => not_yet("volume"),
+        Command::Run(a) => container::run(a, Via::Api(&api)),
+        Command::Create(a) => container::create_cmd(a, Via::Api(&api)),
+        Command::Start(a) => container::start(a, Via::Api(&api)),
+        Command::Stop(a) => container::stop(a, Via::Api(&api)),
+        Command::Kill(a) => container::kill(a, Via::Api(&api)),
+        Command::Restart(a) => container::restart(a, Via::Api(&api)),
+        Command::Rm(a) => container::rm(a, Via::Api(&api)),
+        Command::Ps(a) => container::ps(a, Via::Api(&api)),
+        Command::Logs(a) => container::logs_cmd(a, Via::Api(&api)),
+        Command::Exec(a) => container::exec_cmd(a, Via::Api(&api)),
+        Command::Wait(a) => container::wait(a, Via::Api(&api)),
+        Command::Inspect(a) => container::inspect(a, Via::Api(&api)),
+        Command::Port(a) => container::port(a, Via::Api(&api)),
+        Command::Cp(a) => container::cp(a, Via::Api(&api)),
+        Command::Container { command } => container::dispatch(command, Via::Api(&api)),
+        Command::Volume { command } => super::volume::dispatch(command, &api),
         Command::Pull(args) => pull(&api, args),
         Command::Push(args) => push(&api, args),
         // Credentials belong to the client's user: login/logout stay local.
@@ -194,10 +197,6 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
         Command::Logout(args) => super::registry::logout(args),
         Command::Daemon(_) => bail!("kiln daemon does not run through another daemon"),
     }
-}
-
-fn not_yet(what: &str) -> anyhow::Result<Outcome> {
-    bail!("`kiln {what}` does not work through a daemon yet; unset --host/KILN_HOST to run it in-process")
 }
 
 fn list(api: &ApiClient, args: &images::ImagesArgs) -> anyhow::Result<Outcome> {
@@ -557,7 +556,16 @@ fn build(api: &ApiClient, args: &BuildArgs) -> anyhow::Result<Outcome> {
 
 /// Prints a docker JSON progress stream (pull/push) as plain lines; fails on its error.
 fn progress_stream(resp: reqwest::blocking::Response, quiet: bool) -> anyhow::Result<Value> {
-    let mut out = std::io::stdout().lock();
+    progress_stream_to(resp, quiet, &mut std::io::stdout().lock())
+}
+
+/// Prints a daemon's JSON progress messages (pull, push, build) as lines on `out`; the
+/// last `aux` object.
+pub(super) fn progress_stream_to(
+    resp: reqwest::blocking::Response,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<Value> {
     let mut aux = Value::Null;
     for line in BufReader::new(resp).lines() {
         let v: Value = serde_json::from_str(&line?).unwrap_or(Value::Null);
@@ -679,7 +687,7 @@ fn builder_prune(api: &ApiClient, args: &super::builder::PruneArgs) -> anyhow::R
 
 /// The daemon's answer to a failed request, as the bare message (network commands print
 /// `kiln: error: …` like in-process).
-fn bare(e: anyhow::Error) -> anyhow::Error {
+pub(super) fn bare(e: anyhow::Error) -> anyhow::Error {
     match e.downcast::<DaemonError>() {
         Ok(d) => anyhow::anyhow!("{}", d.0),
         Err(e) => e,
@@ -749,6 +757,28 @@ impl super::network::NetworkBackend for ApiClient {
                 .delete(self.url(&format!("/networks/{}", enc(name)))),
         )
         .map_err(bare)?;
+        Ok(())
+    }
+
+    fn connect(&self, a: &super::network::ConnectArgs) -> anyhow::Result<()> {
+        let body = serde_json::json!({
+            "Container": a.container,
+            "EndpointConfig": {
+                "Aliases": a.aliases,
+                "IPAMConfig": a.ip.map(|ip| serde_json::json!({"IPv4Address": ip.to_string()})),
+            },
+        });
+        let path = format!("/networks/{}/connect", enc(&a.network));
+        self.send(self.http.post(self.url(&path)).json(&body))
+            .map_err(bare)?;
+        Ok(())
+    }
+
+    fn disconnect(&self, a: &super::network::DisconnectArgs) -> anyhow::Result<()> {
+        let body = serde_json::json!({"Container": a.container, "Force": a.force});
+        let path = format!("/networks/{}/disconnect", enc(&a.network));
+        self.send(self.http.post(self.url(&path)).json(&body))
+            .map_err(bare)?;
         Ok(())
     }
 

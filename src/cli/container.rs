@@ -9,16 +9,15 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::client::ApiClient;
+use super::container_backend::{ContainerBackend, Local, LogOptions};
 use super::engine::Engine;
 use super::format::{human_duration, table};
 use super::Outcome;
-use crate::engine::containers::{inspect_json, status_text};
-use crate::run::container as lifecycle;
-use crate::run::create::{self, CreateOptions};
+use crate::run::create::CreateOptions;
 use crate::run::exec::{self, ExecOptions, RawMode};
-use crate::run::logs;
 use crate::run::monitor::{self, Attach};
-use crate::run::state::{Container, Containers, State, Status};
+use crate::run::state::{Container, Containers, Status};
 
 /// The flags `run` and `create` share (`-h` is `--hostname`, as in docker).
 #[derive(Debug, Args)]
@@ -330,23 +329,39 @@ pub enum ContainerCommand {
     Prune(PruneArgs),
 }
 
-pub fn dispatch(cmd: &ContainerCommand, root: &Path) -> anyhow::Result<Outcome> {
+/// Where a container command goes: this process's store, or a daemon (`kiln -H`).
+#[derive(Clone, Copy)]
+pub enum Via<'a> {
+    Local(&'a Path),
+    Api(&'a ApiClient),
+}
+
+impl Via<'_> {
+    fn with<T>(&self, f: impl FnOnce(&dyn ContainerBackend) -> T) -> T {
+        match self {
+            Via::Local(root) => f(&Local::new(root)),
+            Via::Api(api) => f(*api),
+        }
+    }
+}
+
+pub fn dispatch(cmd: &ContainerCommand, via: Via) -> anyhow::Result<Outcome> {
     match cmd {
-        ContainerCommand::Run(a) => run(a, root),
-        ContainerCommand::Create(a) => create_cmd(a, root),
-        ContainerCommand::Start(a) => start(a, root),
-        ContainerCommand::Stop(a) => stop(a, root),
-        ContainerCommand::Kill(a) => kill(a, root),
-        ContainerCommand::Restart(a) => restart(a, root),
-        ContainerCommand::Rm(a) => rm(a, root),
-        ContainerCommand::Ls(a) => ps(a, root),
-        ContainerCommand::Logs(a) => logs_cmd(a, root),
-        ContainerCommand::Exec(a) => exec_cmd(a, root),
-        ContainerCommand::Wait(a) => wait(a, root),
-        ContainerCommand::Inspect(a) => inspect(a, root),
-        ContainerCommand::Port(a) => port(a, root),
-        ContainerCommand::Cp(a) => cp(a, root),
-        ContainerCommand::Prune(a) => prune(a, root),
+        ContainerCommand::Run(a) => run(a, via),
+        ContainerCommand::Create(a) => create_cmd(a, via),
+        ContainerCommand::Start(a) => start(a, via),
+        ContainerCommand::Stop(a) => stop(a, via),
+        ContainerCommand::Kill(a) => kill(a, via),
+        ContainerCommand::Restart(a) => restart(a, via),
+        ContainerCommand::Rm(a) => rm(a, via),
+        ContainerCommand::Ls(a) => ps(a, via),
+        ContainerCommand::Logs(a) => logs_cmd(a, via),
+        ContainerCommand::Exec(a) => exec_cmd(a, via),
+        ContainerCommand::Wait(a) => wait(a, via),
+        ContainerCommand::Inspect(a) => inspect(a, via),
+        ContainerCommand::Port(a) => port(a, via),
+        ContainerCommand::Cp(a) => cp(a, via),
+        ContainerCommand::Prune(a) => prune(a, via),
     }
 }
 
@@ -377,7 +392,7 @@ fn push_env(env: &mut Vec<String>, e: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
+pub(super) fn options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
     Ok(CreateOptions {
         image: args.image.clone(),
         cmd: args.command.clone(),
@@ -420,14 +435,6 @@ fn options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
     })
 }
 
-fn new_container(args: &CreateArgs, root: &Path) -> anyhow::Result<(Engine, Container)> {
-    let engine = Engine::open(root)?;
-    let snapshots = crate::run::rootfs::open_snapshots(root)?;
-    pull_if_missing(&engine, snapshots.as_ref(), &args.image)?;
-    let c = create::create(root, &engine.store, snapshots.as_ref(), &options(args)?)?;
-    Ok((engine, c))
-}
-
 /// Pull progress of `run`/`create` as plain lines on stderr (stdout is the container's).
 struct StderrProgress;
 
@@ -442,7 +449,7 @@ impl crate::push::progress::Progress for StderrProgress {
 }
 
 /// docker's "Unable to find image locally": pull it (unpacked straight into snapshots).
-fn pull_if_missing(
+pub(super) fn pull_if_missing(
     engine: &Engine,
     snapshots: &dyn crate::cache::snapshot::Snapshotter,
     image: &str,
@@ -468,9 +475,10 @@ fn pull_if_missing(
     Ok(())
 }
 
-pub fn create_cmd(args: &CreateArgs, root: &Path) -> anyhow::Result<Outcome> {
-    let (_, c) = new_container(args, root)?;
-    println!("{}", c.config.id);
+pub fn create_cmd(args: &CreateArgs, via: Via) -> anyhow::Result<Outcome> {
+    let opts = options(args)?;
+    let id = via.with(|b| b.create(&opts))?;
+    println!("{id}");
     Ok(Outcome::Success)
 }
 
@@ -523,9 +531,16 @@ fn run_attached(root: &Path, c: &Container, interactive: bool) -> anyhow::Result
     Ok(code)
 }
 
-pub fn run(args: &RunArgs, root: &Path) -> anyhow::Result<Outcome> {
-    let (_, c) = match new_container(&args.create, root) {
-        Ok(x) => x,
+pub fn run(args: &RunArgs, via: Via) -> anyhow::Result<Outcome> {
+    let root = match via {
+        Via::Local(root) => root,
+        Via::Api(api) => return super::client_containers::run(api, args),
+    };
+    let created = options(&args.create)
+        .and_then(|opts| Local::new(root).create(&opts))
+        .and_then(|id| find(root, &id));
+    let c = match created {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("kiln: error: {e:#}");
             return Ok(Outcome::Exit(125));
@@ -549,14 +564,10 @@ fn find(root: &Path, key: &str) -> anyhow::Result<Container> {
 
 /// Runs `f` on each named container; prints the name as docker does; errors are reported and
 /// make the command fail at the end.
-fn each(
-    root: &Path,
-    names: &[String],
-    f: &mut dyn FnMut(&Container) -> anyhow::Result<()>,
-) -> anyhow::Result<Outcome> {
+fn each(names: &[String], f: &mut dyn FnMut(&str) -> anyhow::Result<()>) -> Outcome {
     let mut failed = false;
     for n in names {
-        match find(root, n).and_then(|c| f(&c)) {
+        match f(n) {
             Ok(()) => println!("{n}"),
             Err(e) => {
                 eprintln!("kiln: error: {e:#}");
@@ -564,17 +575,21 @@ fn each(
             }
         }
     }
-    Ok(if failed {
+    if failed {
         Outcome::Problems
     } else {
         Outcome::Success
-    })
+    }
 }
 
-pub fn start(args: &StartArgs, root: &Path) -> anyhow::Result<Outcome> {
+pub fn start(args: &StartArgs, via: Via) -> anyhow::Result<Outcome> {
     if args.attach || args.interactive {
         let [one] = args.containers.as_slice() else {
             bail!("you cannot start and attach multiple containers at once");
+        };
+        let root = match via {
+            Via::Local(root) => root,
+            Via::Api(api) => return super::client_containers::start_attached(api, one, args),
         };
         let c = find(root, one)?;
         let s = monitor::settle(root, &c)?;
@@ -585,47 +600,42 @@ pub fn start(args: &StartArgs, root: &Path) -> anyhow::Result<Outcome> {
         let code = run_attached(root, &c, args.interactive)?;
         return Ok(exit(code));
     }
-    each(root, &args.containers, &mut |c| {
-        Ok(lifecycle::start_detached(root, c)?)
-    })
+    Ok(via.with(|b| each(&args.containers, &mut |n| b.start(n))))
 }
 
-pub fn stop(args: &StopArgs, root: &Path) -> anyhow::Result<Outcome> {
-    each(root, &args.containers, &mut |c| {
-        Ok(lifecycle::stop(root, c, args.time)?)
-    })
+pub fn stop(args: &StopArgs, via: Via) -> anyhow::Result<Outcome> {
+    Ok(via.with(|b| each(&args.containers, &mut |n| b.stop(n, args.time))))
 }
 
-pub fn restart(args: &StopArgs, root: &Path) -> anyhow::Result<Outcome> {
-    each(root, &args.containers, &mut |c| {
-        lifecycle::stop(root, c, args.time)?;
-        Ok(lifecycle::start_detached(root, c)?)
-    })
+pub fn restart(args: &StopArgs, via: Via) -> anyhow::Result<Outcome> {
+    Ok(via.with(|b| each(&args.containers, &mut |n| b.restart(n, args.time))))
 }
 
-pub fn kill(args: &KillArgs, root: &Path) -> anyhow::Result<Outcome> {
-    each(root, &args.containers, &mut |c| {
-        Ok(lifecycle::kill(root, c, args.signal.as_deref())?)
-    })
+pub fn kill(args: &KillArgs, via: Via) -> anyhow::Result<Outcome> {
+    Ok(via.with(|b| each(&args.containers, &mut |n| b.kill(n, args.signal.as_deref()))))
 }
 
-pub fn rm(args: &RmArgs, root: &Path) -> anyhow::Result<Outcome> {
-    each(root, &args.containers, &mut |c| {
-        Ok(lifecycle::remove(root, c, args.force, args.volumes)?)
-    })
+pub fn rm(args: &RmArgs, via: Via) -> anyhow::Result<Outcome> {
+    Ok(via.with(|b| {
+        each(&args.containers, &mut |n| {
+            b.remove(n, args.force, args.volumes)
+        })
+    }))
 }
 
-pub fn wait(args: &ContainersArgs, root: &Path) -> anyhow::Result<Outcome> {
+pub fn wait(args: &ContainersArgs, via: Via) -> anyhow::Result<Outcome> {
     let mut failed = false;
-    for n in &args.containers {
-        match find(root, n).and_then(|c| Ok(lifecycle::wait(root, &c)?)) {
-            Ok(code) => println!("{code}"),
-            Err(e) => {
-                eprintln!("kiln: error: {e:#}");
-                failed = true;
+    via.with(|b| {
+        for n in &args.containers {
+            match b.wait(n) {
+                Ok(code) => println!("{code}"),
+                Err(e) => {
+                    eprintln!("kiln: error: {e:#}");
+                    failed = true;
+                }
             }
         }
-    }
+    });
     Ok(if failed {
         Outcome::Problems
     } else {
@@ -633,45 +643,12 @@ pub fn wait(args: &ContainersArgs, root: &Path) -> anyhow::Result<Outcome> {
     })
 }
 
-fn ports_text(c: &Container, s: &State) -> String {
-    let mut parts: Vec<String> = s
-        .ports
-        .iter()
-        .map(|p| {
-            let ip = if p.host_ip.is_empty() {
-                "0.0.0.0"
-            } else {
-                &p.host_ip
-            };
-            format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto)
-        })
-        .collect();
-    for e in &c.config.exposed_ports {
-        let e = if e.contains('/') {
-            e.clone()
-        } else {
-            format!("{e}/tcp")
-        };
-        if !s
-            .ports
-            .iter()
-            .any(|p| format!("{}/{}", p.container_port, p.proto) == e)
-        {
-            parts.push(e);
-        }
-    }
-    parts.join(", ")
-}
-
-fn command_text(c: &Container, trunc: bool) -> String {
-    let full: Vec<&str> = std::iter::once(c.config.path.as_str())
-        .chain(c.config.args.iter().map(String::as_str))
-        .collect();
-    let s = full.join(" ");
-    if trunc && s.chars().count() > 20 {
-        format!("\"{}…\"", s.chars().take(19).collect::<String>())
+/// docker's COMMAND column: quoted, cut at 20 characters unless `--no-trunc`.
+fn command_text(command: &str, trunc: bool) -> String {
+    if trunc && command.chars().count() > 20 {
+        format!("\"{}…\"", command.chars().take(19).collect::<String>())
     } else {
-        format!("\"{s}\"")
+        format!("\"{command}\"")
     }
 }
 
@@ -712,51 +689,78 @@ fn render_template(template: &str, fields: &Value) -> String {
     out
 }
 
-pub fn ps(args: &PsArgs, root: &Path) -> anyhow::Result<Outcome> {
-    let containers = Containers::open(root)?;
+pub fn ps(args: &PsArgs, via: Via) -> anyhow::Result<Outcome> {
+    let summaries = via.with(|b| b.list(args.all))?;
     let mut rows = Vec::new();
     let mut ids = Vec::new();
     let mut lines = Vec::new();
-    for c in containers.list()? {
-        let Ok(s) = c.state() else { continue };
-        if !args.all && !s.is_running() {
-            continue;
-        }
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    for c in &summaries {
+        let full_id = text(&c["Id"]);
         let id = if args.no_trunc {
-            c.config.id.clone()
+            full_id
         } else {
-            c.short_id().to_string()
+            full_id.chars().take(12).collect()
         };
         ids.push(id.clone());
+        let created_secs = c["Created"].as_i64().unwrap_or(0);
         let created = format!(
             "{} ago",
-            human_duration(
-                crate::cache::image::unix_now() - (c.config.created / 1_000_000_000) as i64
-            )
+            human_duration(crate::cache::image::unix_now() - created_secs)
         );
+        let name = c["Names"][0]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string();
         let row = vec![
             id.clone(),
-            c.config.image.clone(),
-            command_text(&c, !args.no_trunc),
+            text(&c["Image"]),
+            command_text(c["Command"].as_str().unwrap_or_default(), !args.no_trunc),
             created.clone(),
-            status_text(&s),
-            ports_text(&c, &s),
-            c.config.name.clone(),
+            text(&c["Status"]),
+            crate::engine::containers::ports_text(c),
+            name.clone(),
         ];
         if let Some(f) = &args.format {
+            let labels = c["Labels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let mounts = c["Mounts"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| match m["Name"].as_str().filter(|n| !n.is_empty()) {
+                            Some(n) => n.to_string(),
+                            None => text(&m["Source"]),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            let networks = c["NetworkSettings"]["Networks"]
+                .as_object()
+                .map(|m| m.keys().cloned().collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
             let fields = json!({
                 "ID": id,
-                "Image": c.config.image,
+                "Image": row[1],
                 "Command": row[2],
-                "CreatedAt": crate::run::state::rfc3339_nanos(c.config.created),
+                "CreatedAt": crate::run::state::rfc3339_nanos(i128::from(created_secs) * 1_000_000_000),
                 "RunningFor": created,
                 "Ports": row[5],
-                "State": s.status.as_str(),
+                "State": c["State"],
                 "Status": row[4],
-                "Names": c.config.name,
-                "Labels": c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-                "Mounts": c.config.mounts.iter().map(|m| m.source.clone()).collect::<Vec<_>>().join(","),
-                "Networks": c.config.network_mode,
+                "Names": name,
+                "Labels": labels,
+                "Mounts": mounts,
+                "Networks": networks,
             });
             lines.push(render_template(
                 f.strip_prefix("table ").unwrap_or(f),
@@ -805,8 +809,7 @@ pub fn ps(args: &PsArgs, root: &Path) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-pub fn logs_cmd(args: &LogsArgs, root: &Path) -> anyhow::Result<Outcome> {
-    let c = find(root, &args.container)?;
+pub fn logs_cmd(args: &LogsArgs, via: Via) -> anyhow::Result<Outcome> {
     let tail = match args.tail.as_deref() {
         None | Some("all") => None,
         Some(n) => Some(
@@ -814,27 +817,20 @@ pub fn logs_cmd(args: &LogsArgs, root: &Path) -> anyhow::Result<Outcome> {
                 .with_context(|| format!("invalid --tail value {n:?}"))?,
         ),
     };
-    let show = logs::Show {
+    let opts = LogOptions {
+        tail,
+        follow: args.follow,
         timestamps: args.timestamps,
     };
-    let mut out = std::io::stdout();
-    let mut err = std::io::stderr();
-    let offset = logs::print(&c.log_path(), tail, show, &mut out, &mut err)?;
-    if args.follow {
-        let c2 = c.clone();
-        logs::follow(
-            &c.log_path(),
-            offset,
-            show,
-            &mut out,
-            &mut err,
-            &move || !c2.monitor_alive(),
-        )?;
-    }
+    via.with(|b| b.logs(&args.container, opts))?;
     Ok(Outcome::Success)
 }
 
-pub fn exec_cmd(args: &ExecArgs, root: &Path) -> anyhow::Result<Outcome> {
+pub fn exec_cmd(args: &ExecArgs, via: Via) -> anyhow::Result<Outcome> {
+    let root = match via {
+        Via::Local(root) => root,
+        Via::Api(api) => return super::client_containers::exec(api, args),
+    };
     let c = find(root, &args.container)?;
     let snapshots = crate::run::rootfs::open_snapshots(root)?;
     let opts = ExecOptions {
@@ -904,41 +900,24 @@ pub fn exec_cmd(args: &ExecArgs, root: &Path) -> anyhow::Result<Outcome> {
     }
 }
 
-/// docker's `inspect` document for a container.
-pub fn inspect(args: &InspectArgs, root: &Path) -> anyhow::Result<Outcome> {
+/// docker's `inspect` document for a container (or an image of that name, as docker).
+pub fn inspect(args: &InspectArgs, via: Via) -> anyhow::Result<Outcome> {
     let mut docs = Vec::new();
     let mut failed = false;
-    let mut engine = None;
-    for n in &args.containers {
-        match find(root, n).and_then(|c| {
-            let s = c.state()?;
-            Ok(inspect_json(&c, &s))
-        }) {
-            Ok(d) => docs.push(d),
-            Err(e) => {
-                // Like docker, an image of that name is inspected too.
-                if engine.is_none() {
-                    engine = Some(Engine::open(root)?);
-                }
-                let image = engine.as_ref().and_then(|en| {
-                    let img = en.store.lookup(n).ok()?;
-                    let tags = en.store.tags_of(&img.manifest_digest).ok()?;
-                    Some(crate::engine::images::inspect_json(
-                        &img,
-                        &tags,
-                        "overlayfs",
-                    ))
-                });
-                match image {
-                    Some(d) => docs.push(d),
-                    None => {
+    via.with(|b| {
+        for n in &args.containers {
+            match b.inspect(n) {
+                Ok(d) => docs.push(d),
+                Err(e) => match b.inspect_image(n) {
+                    Ok(d) => docs.push(d),
+                    Err(_) => {
                         eprintln!("kiln: error: {e:#}");
                         failed = true;
                     }
-                }
+                },
             }
         }
-    }
+    });
     let mut out = std::io::stdout().lock();
     match &args.format {
         Some(f) => {
@@ -955,9 +934,9 @@ pub fn inspect(args: &InspectArgs, root: &Path) -> anyhow::Result<Outcome> {
     })
 }
 
-pub fn port(args: &PortArgs, root: &Path) -> anyhow::Result<Outcome> {
-    let c = find(root, &args.container)?;
-    let s = c.state()?;
+/// `port`: the published ports from the inspect document's `NetworkSettings.Ports`.
+pub fn port(args: &PortArgs, via: Via) -> anyhow::Result<Outcome> {
+    let doc = via.with(|b| b.inspect(&args.container))?;
     let wanted = args.port.as_ref().map(|p| {
         if p.contains('/') {
             p.clone()
@@ -967,30 +946,41 @@ pub fn port(args: &PortArgs, root: &Path) -> anyhow::Result<Outcome> {
     });
     let mut out = std::io::stdout().lock();
     let mut found = false;
-    for p in &s.ports {
-        let key = format!("{}/{}", p.container_port, p.proto);
-        let ip = if p.host_ip.is_empty() {
-            "0.0.0.0"
-        } else {
-            &p.host_ip
-        };
-        match &wanted {
-            Some(w) if *w == key => writeln!(out, "{ip}:{}", p.host_port)?,
-            Some(_) => continue,
-            None => writeln!(out, "{key} -> {ip}:{}", p.host_port)?,
+    let empty = serde_json::Map::new();
+    for (key, bindings) in doc["NetworkSettings"]["Ports"]
+        .as_object()
+        .unwrap_or(&empty)
+    {
+        for b in bindings.as_array().into_iter().flatten() {
+            let ip = b["HostIp"]
+                .as_str()
+                .filter(|i| !i.is_empty())
+                .unwrap_or("0.0.0.0");
+            let host_port = b["HostPort"].as_str().unwrap_or_default();
+            match &wanted {
+                Some(w) if w == key => writeln!(out, "{ip}:{host_port}")?,
+                Some(_) => continue,
+                None => writeln!(out, "{key} -> {ip}:{host_port}")?,
+            }
+            found = true;
         }
-        found = true;
     }
     if !found {
         if let Some(w) = wanted {
-            bail!("no public port '{w}' published for {}", c.short_id());
+            let id: String = doc["Id"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(12)
+                .collect();
+            bail!("no public port '{w}' published for {id}");
         }
     }
     Ok(Outcome::Success)
 }
 
 /// `CONTAINER:PATH` (a colon before any slash), else a host path.
-fn split_container_path(s: &str) -> Option<(&str, &str)> {
+pub(super) fn split_container_path(s: &str) -> Option<(&str, &str)> {
     let (c, p) = s.split_once(':')?;
     if c.is_empty() || c.contains('/') {
         return None;
@@ -998,7 +988,11 @@ fn split_container_path(s: &str) -> Option<(&str, &str)> {
     Some((c, p))
 }
 
-pub fn cp(args: &CpArgs, root: &Path) -> anyhow::Result<Outcome> {
+pub fn cp(args: &CpArgs, via: Via) -> anyhow::Result<Outcome> {
+    let root = match via {
+        Via::Local(root) => root,
+        Via::Api(api) => return super::client_containers::cp(api, args),
+    };
     let snapshots = crate::run::rootfs::open_snapshots(root)?;
     let (container, path, to_container) = match (
         split_container_path(&args.src),
@@ -1051,18 +1045,9 @@ pub fn cp(args: &CpArgs, root: &Path) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-pub fn prune(_args: &PruneArgs, root: &Path) -> anyhow::Result<Outcome> {
-    let containers = Containers::open(root)?;
+pub fn prune(_args: &PruneArgs, via: Via) -> anyhow::Result<Outcome> {
+    let removed = via.with(|b| b.prune())?;
     let mut out = std::io::stdout().lock();
-    let mut removed = Vec::new();
-    for c in containers.list()? {
-        let s = monitor::settle(root, &c)?;
-        if s.is_running() {
-            continue;
-        }
-        lifecycle::release_and_remove(root, &c, false)?;
-        removed.push(c.config.id.clone());
-    }
     if !removed.is_empty() {
         writeln!(out, "Deleted Containers:")?;
         for id in &removed {

@@ -6,7 +6,9 @@ mod build;
 mod builder;
 mod check;
 mod client;
+mod client_containers;
 mod container;
+mod container_backend;
 mod daemon;
 mod engine;
 pub(crate) mod format;
@@ -246,24 +248,28 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Daemon(args) => daemon::run(args, &cli.root, &cli.host),
         Command::Network { command } => network::run(command, &cli.root),
         Command::System { command } => match command {
-            SystemCommand::Df => system::df(&engine()?),
+            SystemCommand::Df => system::df(container::Via::Local(&cli.root)),
         },
-        Command::Run(a) => container::run(a, &cli.root),
-        Command::Create(a) => container::create_cmd(a, &cli.root),
-        Command::Start(a) => container::start(a, &cli.root),
-        Command::Stop(a) => container::stop(a, &cli.root),
-        Command::Kill(a) => container::kill(a, &cli.root),
-        Command::Restart(a) => container::restart(a, &cli.root),
-        Command::Rm(a) => container::rm(a, &cli.root),
-        Command::Ps(a) => container::ps(a, &cli.root),
-        Command::Logs(a) => container::logs_cmd(a, &cli.root),
-        Command::Exec(a) => container::exec_cmd(a, &cli.root),
-        Command::Wait(a) => container::wait(a, &cli.root),
-        Command::Inspect(a) => container::inspect(a, &cli.root),
-        Command::Port(a) => container::port(a, &cli.root),
-        Command::Cp(a) => container::cp(a, &cli.root),
-        Command::Container { command } => container::dispatch(command, &cli.root),
-        Command::Volume { command } => volume::dispatch(command, &cli.root),
+        Command::Run(a) => container::run(a, container::Via::Local(&cli.root)),
+        Command::Create(a) => container::create_cmd(a, container::Via::Local(&cli.root)),
+        Command::Start(a) => container::start(a, container::Via::Local(&cli.root)),
+        Command::Stop(a) => container::stop(a, container::Via::Local(&cli.root)),
+        Command::Kill(a) => container::kill(a, container::Via::Local(&cli.root)),
+        Command::Restart(a) => container::restart(a, container::Via::Local(&cli.root)),
+        Command::Rm(a) => container::rm(a, container::Via::Local(&cli.root)),
+        Command::Ps(a) => container::ps(a, container::Via::Local(&cli.root)),
+        Command::Logs(a) => container::logs_cmd(a, container::Via::Local(&cli.root)),
+        Command::Exec(a) => container::exec_cmd(a, container::Via::Local(&cli.root)),
+        Command::Wait(a) => container::wait(a, container::Via::Local(&cli.root)),
+        Command::Inspect(a) => container::inspect(a, container::Via::Local(&cli.root)),
+        Command::Port(a) => container::port(a, container::Via::Local(&cli.root)),
+        Command::Cp(a) => container::cp(a, container::Via::Local(&cli.root)),
+        Command::Container { command } => {
+            container::dispatch(command, container::Via::Local(&cli.root))
+        }
+        Command::Volume { command } => {
+            volume::dispatch(command, &container_backend::Local::new(&cli.root))
+        }
     }
 }
 

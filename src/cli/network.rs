@@ -109,19 +109,7 @@ pub struct PruneArgs {
 }
 
 pub fn run(command: &NetworkCommand, root: &Path) -> anyhow::Result<Outcome> {
-    match command {
-        NetworkCommand::Connect(a) => {
-            let c = crate::run::state::Containers::open(root)?.find(&a.container)?;
-            crate::run::net::connect_running(root, &c, &a.network, a.aliases.clone(), a.ip)?;
-            Ok(Outcome::Success)
-        }
-        NetworkCommand::Disconnect(a) => {
-            let c = crate::run::state::Containers::open(root)?.find(&a.container)?;
-            crate::run::net::disconnect(root, &c, &a.network)?;
-            Ok(Outcome::Success)
-        }
-        _ => run_with(command, &Networks::open(root)?),
-    }
+    run_with(command, &Networks::open(root)?)
 }
 
 /// Where network commands go: the local networks, or a daemon (`kiln -H`). Errors are the
@@ -134,6 +122,9 @@ pub trait NetworkBackend {
     fn remove(&self, name: &str) -> anyhow::Result<()>;
     /// Names of the removed networks.
     fn prune(&self) -> anyhow::Result<Vec<String>>;
+    /// A running container joins a network.
+    fn connect(&self, a: &ConnectArgs) -> anyhow::Result<()>;
+    fn disconnect(&self, a: &DisconnectArgs) -> anyhow::Result<()>;
 }
 
 impl NetworkBackend for Networks {
@@ -152,6 +143,18 @@ impl NetworkBackend for Networks {
     fn prune(&self) -> anyhow::Result<Vec<String>> {
         Ok(Networks::prune(self)?)
     }
+    fn connect(&self, a: &ConnectArgs) -> anyhow::Result<()> {
+        let root = self.root();
+        let c = crate::run::state::Containers::open(root)?.find(&a.container)?;
+        crate::run::net::connect_running(root, &c, &a.network, a.aliases.clone(), a.ip)?;
+        Ok(())
+    }
+    fn disconnect(&self, a: &DisconnectArgs) -> anyhow::Result<()> {
+        let root = self.root();
+        let c = crate::run::state::Containers::open(root)?.find(&a.container)?;
+        crate::run::net::disconnect(root, &c, &a.network)?;
+        Ok(())
+    }
 }
 
 /// Runs a network command against `nets`.
@@ -162,9 +165,8 @@ pub fn run_with(command: &NetworkCommand, nets: &dyn NetworkBackend) -> anyhow::
         NetworkCommand::Inspect(a) => inspect(a, nets),
         NetworkCommand::Rm(a) => rm(a, nets),
         NetworkCommand::Prune(a) => prune(a, nets),
-        NetworkCommand::Connect(_) | NetworkCommand::Disconnect(_) => {
-            anyhow::bail!("network connect and disconnect are not served through the API yet")
-        }
+        NetworkCommand::Connect(a) => nets.connect(a).map(|()| Outcome::Success),
+        NetworkCommand::Disconnect(a) => nets.disconnect(a).map(|()| Outcome::Success),
     }
 }
 

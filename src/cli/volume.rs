@@ -1,14 +1,12 @@
 //! `kiln volume create|ls|inspect|rm|prune`, with docker's output.
 
 use std::io::Write;
-use std::path::Path;
 
 use clap::{Args, Subcommand};
 
+use super::container_backend::VolumeBackend;
 use super::format::table;
 use super::Outcome;
-use crate::engine::volumes::inspect_json;
-use crate::run::volume::Volumes;
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
@@ -64,28 +62,23 @@ pub struct PruneArgs {
     pub force: bool,
 }
 
-pub fn dispatch(cmd: &VolumeCommand, root: &Path) -> anyhow::Result<Outcome> {
-    let volumes = Volumes::open(root)?;
+pub fn dispatch(cmd: &VolumeCommand, volumes: &dyn VolumeBackend) -> anyhow::Result<Outcome> {
     let mut out = std::io::stdout().lock();
     match cmd {
         VolumeCommand::Create(a) => {
-            let (name, anonymous) = match &a.name {
-                Some(n) => (n.clone(), false),
-                None => (crate::run::state::new_id(), true),
-            };
-            let v = volumes.create(&name, anonymous)?;
-            writeln!(out, "{}", v.meta.name)?;
+            let name = volumes.create_volume(a.name.as_deref())?;
+            writeln!(out, "{name}")?;
         }
         VolumeCommand::Ls(a) => {
-            let list = volumes.list()?;
+            let list = volumes.list_volumes()?;
             if a.quiet {
                 for v in list {
-                    writeln!(out, "{}", v.meta.name)?;
+                    writeln!(out, "{v}")?;
                 }
             } else {
                 let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|v| vec!["local".to_string(), v.meta.name.clone()])
+                    .into_iter()
+                    .map(|v| vec!["local".to_string(), v])
                     .collect();
                 write!(out, "{}", table(&["DRIVER", "VOLUME NAME"], &rows))?;
             }
@@ -94,10 +87,10 @@ pub fn dispatch(cmd: &VolumeCommand, root: &Path) -> anyhow::Result<Outcome> {
             let mut docs = Vec::new();
             let mut failed = false;
             for n in &a.names {
-                match volumes.get(n) {
-                    Ok(v) => docs.push(inspect_json(&v)),
+                match volumes.inspect_volume(n) {
+                    Ok(v) => docs.push(v),
                     Err(e) => {
-                        eprintln!("kiln: error: {e}");
+                        eprintln!("kiln: error: {e:#}");
                         failed = true;
                     }
                 }
@@ -110,10 +103,10 @@ pub fn dispatch(cmd: &VolumeCommand, root: &Path) -> anyhow::Result<Outcome> {
         VolumeCommand::Rm(a) => {
             let mut failed = false;
             for n in &a.names {
-                match volumes.remove(n, a.force) {
+                match volumes.remove_volume(n, a.force) {
                     Ok(()) => writeln!(out, "{n}")?,
                     Err(e) => {
-                        eprintln!("kiln: error: {e}");
+                        eprintln!("kiln: error: {e:#}");
                         failed = true;
                     }
                 }
@@ -123,7 +116,7 @@ pub fn dispatch(cmd: &VolumeCommand, root: &Path) -> anyhow::Result<Outcome> {
             }
         }
         VolumeCommand::Prune(a) => {
-            let removed = volumes.prune(a.all)?;
+            let removed = volumes.prune_volumes(a.all)?;
             if !removed.is_empty() {
                 writeln!(out, "Deleted Volumes:")?;
                 for n in &removed {

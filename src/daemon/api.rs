@@ -12,8 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{ApiError, ApiResult, Body, Query};
 use super::{
-    build, containers, events, images, networks, registry, system, volumes, State, API_VERSION,
-    MIN_API_VERSION,
+    archive, build, containers, events, images, networks, registry, system, volumes, State,
+    API_VERSION, MIN_API_VERSION,
 };
 
 /// `1.43` → (1, 43).
@@ -102,6 +102,13 @@ fn container_action<'a>(route: &'a str, action: &str) -> Option<&'a str> {
     (!id.is_empty() && act == action).then_some(id)
 }
 
+/// `/networks/{id}/connect|disconnect` → (`id`, action).
+fn network_action(route: &str) -> Option<(&str, &str)> {
+    let rest = route.strip_prefix("/networks/")?;
+    let (id, action) = rest.split_once('/')?;
+    (!id.is_empty() && matches!(action, "connect" | "disconnect")).then_some((id, action))
+}
+
 /// `/networks/{id}` → `id` (one non-empty path segment after the prefix).
 fn one_segment<'a>(route: &'a str, prefix: &str) -> Option<&'a str> {
     route
@@ -160,6 +167,24 @@ async fn dispatch(
                 &query,
             )
             .await
+        }
+        (Method::POST, r) if container_action(r, "restart").is_some() => {
+            let id = container_action(r, "restart").unwrap_or_default();
+            containers::restart(&state, id, &query).await
+        }
+        (Method::POST, "/containers/prune") => containers::prune(&state, &query).await,
+        (Method::GET | Method::HEAD | Method::PUT, r)
+            if container_action(r, "archive").is_some() =>
+        {
+            let id = container_action(r, "archive")
+                .unwrap_or_default()
+                .to_string();
+            archive::serve(&state, &id, &query, req).await
+        }
+        (Method::POST, r) if network_action(r).is_some() => {
+            let (id, action) = network_action(r).unwrap_or_default();
+            let (id, join) = (id.to_string(), action == "connect");
+            networks::connect(&state, &id, req, join).await
         }
         (Method::POST, r) if container_action(r, "kill").is_some() => {
             containers::kill(

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::http::{json, no_content, ApiError, ApiResult, Query};
 use super::{blocking, State};
-use crate::engine::containers::{inspect_json, status_text};
+use crate::engine::containers::inspect_json;
 use crate::engine::events::Event;
 use crate::run::container as lifecycle;
 use crate::run::state::{Container, Containers};
@@ -25,41 +25,6 @@ fn publish(state: &State, action: &str, c: &Container) {
             .with("name", &c.config.name)
             .with("image", &c.config.image),
     );
-}
-
-/// docker's ContainerSummary (`docker ps`).
-fn summary(c: &Container, s: &crate::run::state::State) -> Value {
-    let cfg = &c.config;
-    let command: Vec<&str> = std::iter::once(cfg.path.as_str())
-        .chain(cfg.args.iter().map(String::as_str))
-        .collect();
-    let ports: Vec<Value> = s
-        .ports
-        .iter()
-        .map(|p| {
-            json!({
-                "IP": if p.host_ip.is_empty() { "0.0.0.0" } else { p.host_ip.as_str() },
-                "PrivatePort": p.container_port,
-                "PublicPort": p.host_port,
-                "Type": p.proto,
-            })
-        })
-        .collect();
-    json!({
-        "Id": c.id(),
-        "Names": [format!("/{}", cfg.name)],
-        "Image": cfg.image,
-        "ImageID": cfg.image_id.to_string(),
-        "Command": command.join(" "),
-        "Created": i64::try_from(cfg.created / 1_000_000_000).unwrap_or(0),
-        "Ports": ports,
-        "Labels": cfg.labels,
-        "State": s.status.as_str(),
-        "Status": status_text(s),
-        "HostConfig": {"NetworkMode": cfg.network_mode},
-        "NetworkSettings": {"Networks": {}},
-        "Mounts": [],
-    })
 }
 
 pub async fn list(state: &Arc<State>, query: &Query) -> ApiResult {
@@ -84,7 +49,7 @@ pub async fn list(state: &Arc<State>, query: &Query) -> ApiResult {
             {
                 continue;
             }
-            rows.push((c.config.created, summary(&c, &s)));
+            rows.push((c.config.created, crate::engine::containers::summary(&c, &s)));
         }
         Ok(rows)
     })
@@ -106,13 +71,7 @@ pub async fn inspect(state: &Arc<State>, key: &str) -> ApiResult {
 }
 
 pub async fn stop(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
-    let timeout = match query.get("t").filter(|t| !t.is_empty()) {
-        Some(t) => Some(
-            t.parse::<i64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid t {t:?}: expected seconds")))?,
-        ),
-        None => None,
-    };
+    let timeout = stop_timeout(query)?;
     let st = state.clone();
     let key = key.to_string();
     let was_running = blocking(move || {
@@ -131,6 +90,51 @@ pub async fn stop(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     } else {
         StatusCode::NOT_MODIFIED
     })
+}
+
+/// `POST /containers/{id}/restart?t=`.
+pub async fn restart(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
+    let timeout = stop_timeout(query)?;
+    let st = state.clone();
+    let key = key.to_string();
+    blocking(move || {
+        let c = find(&st, &key)?;
+        lifecycle::restart(&st.engine.root, &c, timeout)?;
+        publish(&st, "restart", &c);
+        Ok(())
+    })
+    .await?;
+    no_content(StatusCode::NO_CONTENT)
+}
+
+/// `POST /containers/prune`: every container that is not running.
+pub async fn prune(state: &Arc<State>, query: &Query) -> ApiResult {
+    let f = query.filters()?;
+    f.only(&[])?;
+    let st = state.clone();
+    let removed = blocking(move || {
+        let ids = lifecycle::prune(&st.engine.root)?;
+        for id in &ids {
+            st.engine
+                .events
+                .publish(Event::new("container", "destroy", id));
+        }
+        st.engine
+            .events
+            .publish(Event::new("container", "prune", ""));
+        Ok(ids)
+    })
+    .await?;
+    json(&json!({"ContainersDeleted": removed, "SpaceReclaimed": 0}))
+}
+
+fn stop_timeout(query: &Query) -> ApiResult<Option<i64>> {
+    match query.get("t").filter(|t| !t.is_empty()) {
+        Some(t) => Ok(Some(t.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(format!("invalid t {t:?}: expected seconds"))
+        })?)),
+        None => Ok(None),
+    }
 }
 
 pub async fn kill(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
@@ -198,12 +202,13 @@ fn wait_for(root: &std::path::Path, c: &Container, condition: &str) -> crate::ru
     let started_before = c.state()?.started_at;
     let mut last = 0;
     loop {
-        // Gone (a --rm container removed itself): its last exit code.
+        // Gone (a --rm container removed itself): the exit code it left.
+        let gone = || crate::run::state::removed_exit(root, c.id()).unwrap_or(last);
         if !c.dir.exists() {
-            return Ok(last);
+            return Ok(gone());
         }
         let Ok(s) = crate::run::monitor::settle(root, c) else {
-            return Ok(last);
+            return Ok(gone());
         };
         last = s.exit_code;
         if !s.is_running() && s.started_at != started_before && condition == "next-exit" {
@@ -244,6 +249,7 @@ struct CreateBody {
     labels: Option<std::collections::BTreeMap<String, String>>,
     stop_signal: Option<String>,
     stop_timeout: Option<i64>,
+    healthcheck: Option<Healthcheck>,
     host_config: Option<HostConfig>,
     networking_config: Option<Value>,
 }
@@ -267,6 +273,34 @@ struct HostConfig {
     init: Option<bool>,
     extra_hosts: Option<Vec<String>>,
     tmpfs: Option<std::collections::BTreeMap<String, String>>,
+    mounts: Option<Vec<MountBody>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct Healthcheck {
+    test: Option<Vec<String>>,
+    interval: i64,
+    timeout: i64,
+    start_period: i64,
+    retries: i64,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct MountBody {
+    #[serde(rename = "Type")]
+    kind: String,
+    source: String,
+    target: String,
+    read_only: bool,
+    tmpfs_options: Option<TmpfsOptions>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct TmpfsOptions {
+    size_bytes: i64,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -351,6 +385,33 @@ fn create_options(
                 r.name
             }
         });
+    let health = body.healthcheck.unwrap_or_default();
+    let test = health.test.unwrap_or_default();
+    let no_healthcheck = test.first().is_some_and(|t| t == "NONE");
+    let health_cmd = match test.first().map(String::as_str) {
+        Some("CMD-SHELL") => Some(test[1..].join(" ")),
+        Some("CMD") => Some(test[1..].join(" ")),
+        _ => None,
+    };
+    let nanos = |n: i64| (n > 0).then(|| format!("{n}ns"));
+    let mounts = hc
+        .mounts
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            let mut spec = format!("type={},target={}", m.kind, m.target);
+            if !m.source.is_empty() {
+                spec.push_str(&format!(",source={}", m.source));
+            }
+            if m.read_only {
+                spec.push_str(",readonly");
+            }
+            if let Some(t) = m.tmpfs_options.filter(|t| t.size_bytes > 0) {
+                spec.push_str(&format!(",tmpfs-size={}", t.size_bytes));
+            }
+            spec
+        })
+        .collect();
     Ok(crate::run::create::CreateOptions {
         image: body.image,
         cmd,
@@ -369,7 +430,7 @@ fn create_options(
         publish_all: hc.publish_all_ports,
         add_hosts: hc.extra_hosts.unwrap_or_default(),
         volumes: hc.binds.unwrap_or_default(),
-        mounts: Vec::new(),
+        mounts,
         tmpfs: hc
             .tmpfs
             .unwrap_or_default()
@@ -394,7 +455,12 @@ fn create_options(
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
-        ..Default::default()
+        health_cmd,
+        health_interval: nanos(health.interval),
+        health_timeout: nanos(health.timeout),
+        health_start_period: nanos(health.start_period),
+        health_retries: (health.retries > 0).then_some(health.retries),
+        no_healthcheck,
     })
 }
 
@@ -697,4 +763,62 @@ pub async fn attach(
         }),
     );
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::create::CreateOptions;
+
+    /// What `kiln -H … run` sends is what `kiln run` would have created.
+    #[test]
+    fn create_options_survive_the_api_body() {
+        let opts = CreateOptions {
+            image: "busybox:test".into(),
+            cmd: vec!["sh".into(), "-c".into(), "echo hi".into()],
+            name: Some("web".into()),
+            entrypoint: Some("/bin/env".into()),
+            env: vec!["A=1".into()],
+            workdir: Some("/srv".into()),
+            user: Some("1000:1000".into()),
+            hostname: Some("h".into()),
+            tty: true,
+            interactive: true,
+            network: Some("appnet".into()),
+            network_aliases: vec!["db".into()],
+            ip: Some("10.1.0.5".into()),
+            publish: vec!["127.0.0.1:8080:80/tcp".into()],
+            publish_all: true,
+            add_hosts: vec!["x:1.2.3.4".into()],
+            volumes: vec!["/tmp:/data:ro".into()],
+            mounts: vec!["type=tmpfs,target=/cache,tmpfs-size=1048576".into()],
+            tmpfs: vec!["/run:size=65536".into()],
+            read_only: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            cap_drop: vec!["CHOWN".into()],
+            security_opts: vec!["no-new-privileges".into()],
+            memory: Some("1048576".into()),
+            cpus: Some(1.5),
+            pids_limit: Some(64),
+            restart: Some("on-failure:3".into()),
+            auto_remove: false,
+            init: true,
+            stop_signal: Some("SIGINT".into()),
+            stop_timeout: Some(3),
+            health_cmd: Some("true".into()),
+            health_interval: Some("1000000000ns".into()),
+            health_timeout: Some("2000000000ns".into()),
+            health_retries: Some(2),
+            health_start_period: None,
+            no_healthcheck: false,
+            labels: vec!["a=b".into()],
+        };
+        let body = crate::engine::containers::create_body(&opts).unwrap();
+        let parsed: CreateBody = serde_json::from_value(body).unwrap();
+        let back = create_options(parsed, Some("web".into())).unwrap();
+        let mut want = opts.clone();
+        // The entrypoint travels as a list: its first word comes back, the rest join the cmd.
+        want.entrypoint = Some("/bin/env".into());
+        assert_eq!(format!("{back:?}"), format!("{want:?}"));
+    }
 }

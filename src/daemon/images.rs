@@ -16,7 +16,7 @@ use super::http::{
 use super::{blocking, State};
 use crate::cache::export::{self, LayerCompression};
 use crate::engine::events::Event;
-use crate::engine::images::{created_secs, familiar, familiar_tag, Listed, Removal};
+use crate::engine::images::{created_secs, familiar, familiar_tag, summary, Listed, Removal};
 use crate::engine::EngineError;
 use crate::graph::Platform;
 use crate::reference::Reference;
@@ -26,23 +26,6 @@ fn in_use(state: &State) -> ApiResult<crate::engine::images::InUse> {
     crate::run::state::Containers::open(&state.engine.root)
         .and_then(|c| c.images_in_use())
         .map_err(|e| ApiError::internal(format!("reading the containers: {e}")))
-}
-
-/// Docker's ImageSummary for one image.
-pub fn summary(l: &Listed) -> Value {
-    let size = l.image.layers_size();
-    json!({
-        "Id": l.image.id().to_string(),
-        "ParentId": "",
-        "RepoTags": l.tags.iter().map(|t| familiar_tag(t)).collect::<Vec<_>>(),
-        "RepoDigests": [],
-        "Created": created_secs(&l.image).unwrap_or(0),
-        "Size": size,
-        "SharedSize": -1,
-        "VirtualSize": size,
-        "Labels": l.image.config.config.labels.clone().unwrap_or_default(),
-        "Containers": -1,
-    })
 }
 
 /// `reference=` patterns match the familiar name or `name:tag` (docker's FamiliarMatch).

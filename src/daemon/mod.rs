@@ -8,6 +8,7 @@
 //! a grace period.
 
 mod api;
+mod archive;
 mod build;
 mod containers;
 mod events;

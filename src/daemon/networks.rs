@@ -1,6 +1,6 @@
 //! Network endpoints over [`crate::run::network`]: `GET /networks` (filters name, id,
 //! label, driver, type), `GET /networks/{id}`, `POST /networks/create`, `DELETE
-//! /networks/{id}`, `POST /networks/prune`.
+//! /networks/{id}`, `POST /networks/prune`, `POST /networks/{id}/connect|disconnect`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -192,4 +192,80 @@ pub async fn prune(state: &Arc<State>, query: &Query) -> ApiResult {
     })
     .await?;
     json(&json!({ "NetworksDeleted": removed }))
+}
+
+/// docker's NetworkConnectRequest / NetworkDisconnectRequest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct ConnectRequest {
+    container: String,
+    endpoint_config: Option<EndpointConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct EndpointConfig {
+    aliases: Option<Vec<String>>,
+    #[serde(rename = "IPAMConfig")]
+    ipam_config: Option<EndpointIpam>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EndpointIpam {
+    #[serde(rename = "IPv4Address")]
+    ipv4_address: String,
+}
+
+/// `POST /networks/{id}/connect` and `/disconnect`: a running container joins or leaves
+/// the network (as `kiln network connect|disconnect`).
+pub async fn connect(
+    state: &Arc<State>,
+    network: &str,
+    req: Request<Incoming>,
+    join: bool,
+) -> ApiResult {
+    let body: Option<ConnectRequest> = read_json(req).await?;
+    let body = body.ok_or_else(|| ApiError::bad_request("the request needs a JSON body"))?;
+    if body.container.is_empty() {
+        return Err(ApiError::bad_request("Container is required"));
+    }
+    let endpoint = body.endpoint_config.unwrap_or_default();
+    let ip = match endpoint.ipam_config.map(|i| i.ipv4_address) {
+        Some(ip) if !ip.is_empty() => Some(
+            ip.parse()
+                .map_err(|e| ApiError::bad_request(format!("invalid IPv4Address {ip:?}: {e}")))?,
+        ),
+        _ => None,
+    };
+    let st = state.clone();
+    let network = network.to_string();
+    blocking(move || {
+        let root = &st.engine.root;
+        let c = crate::run::state::Containers::open(root)?.find(&body.container)?;
+        let info = open(&st)?.inspect(&network)?;
+        if join {
+            crate::run::net::connect_running(
+                root,
+                &c,
+                &network,
+                endpoint.aliases.unwrap_or_default(),
+                ip,
+            )?;
+        } else {
+            crate::run::net::disconnect(root, &c, &network)?;
+        }
+        st.engine.events.publish(
+            Event::new(
+                "network",
+                if join { "connect" } else { "disconnect" },
+                &info.id,
+            )
+            .with("name", &info.name)
+            .with("container", c.id()),
+        );
+        Ok(())
+    })
+    .await?;
+    no_content(StatusCode::OK)
 }

@@ -8,7 +8,6 @@ use hyper::{Method, Response};
 use serde_json::{json, Value};
 
 use super::http::{full, json, ApiResult};
-use super::images::summary;
 use super::{blocking, State, API_VERSION, MIN_API_VERSION};
 use crate::graph::Platform;
 
@@ -192,72 +191,11 @@ pub async fn info(state: &Arc<State>) -> ApiResult {
 
 pub async fn df(state: &Arc<State>) -> ApiResult {
     let st = state.clone();
-    let doc: Value = blocking(move || {
-        let engine = &st.engine;
-        let listed = crate::engine::images::list(&engine.store)?;
-        let mut layers = std::collections::BTreeSet::new();
-        let mut layers_size = 0u64;
-        for l in &listed {
-            for d in &l.image.manifest.layers {
-                if layers.insert(d.digest.clone()) {
-                    layers_size += d.size;
-                }
-            }
-        }
-        // How many images use each layer: those used by more than one are shared.
-        let mut users: std::collections::BTreeMap<&crate::cache::Digest, usize> =
-            std::collections::BTreeMap::new();
-        for l in &listed {
-            let mine: std::collections::BTreeSet<_> =
-                l.image.manifest.layers.iter().map(|d| &d.digest).collect();
-            for d in mine {
-                *users.entry(d).or_default() += 1;
-            }
-        }
-        let images: Vec<Value> = listed
-            .iter()
-            .map(|l| {
-                let mut s = summary(l);
-                let shared: u64 = l
-                    .image
-                    .manifest
-                    .layers
-                    .iter()
-                    .filter(|d| users.get(&d.digest).is_some_and(|n| *n > 1))
-                    .map(|d| d.size)
-                    .sum();
-                s["Containers"] = json!(0);
-                s["SharedSize"] = json!(shared);
-                s
-            })
-            .collect();
-        let cache = crate::cache::buildcache::BuildCache::open(&engine.root)
-            .and_then(|c| c.entries())
-            .map_err(|e| crate::engine::EngineError::Build(e.to_string()))?;
-        let build_cache: Vec<Value> = cache
-            .iter()
-            .map(|(key, r)| {
-                json!({
-                    "ID": key.short(),
-                    "Parents": [],
-                    "Type": "regular",
-                    "Description": r.description,
-                    "InUse": false,
-                    "Shared": r.layer.as_ref().is_some_and(|l| layers.contains(&l.blob.digest)),
-                    "Size": r.layer.as_ref().map(|l| l.blob.size).unwrap_or(0),
-                    "CreatedAt": crate::cache::image::rfc3339(r.created),
-                    "LastUsedAt": crate::cache::image::rfc3339(r.last_used),
-                    "UsageCount": 1,
-                })
-            })
-            .collect();
-        Ok(json!({
-            "LayersSize": layers_size,
-            "Images": images,
-            "Containers": [],
-            "Volumes": [],
-            "BuildCache": build_cache,
-        }))
+    let doc = blocking(move || {
+        Ok(crate::engine::system::disk_usage(
+            &st.engine.root,
+            &st.engine.store,
+        )?)
     })
     .await?;
     json(&doc)

@@ -20,7 +20,9 @@ use crate::run::RunError;
 impl From<RunError> for ApiError {
     fn from(e: RunError) -> ApiError {
         let status = match &e {
-            RunError::NoSuchContainer(_) | RunError::NoSuchVolume(_) => StatusCode::NOT_FOUND,
+            RunError::NoSuchContainer(_) | RunError::NoSuchVolume(_) | RunError::NotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             RunError::Conflict(_) => StatusCode::CONFLICT,
             RunError::Invalid(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

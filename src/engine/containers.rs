@@ -1,9 +1,11 @@
 //! Containers as docker's API and CLI show them (the container store is [`crate::run`]):
-//! the `inspect` document and the STATUS text.
+//! the `ps` summary, the `inspect` document and the STATUS text. The CLI renders the same
+//! documents whether it reads the store in-process or asks a daemon.
 
 use serde_json::{json, Value};
 
 use crate::cli::format::human_duration;
+use crate::run::create::{parse_duration, parse_publish, CreateOptions};
 use crate::run::state::{Container, State, Status};
 
 /// docker's STATUS column.
@@ -31,6 +33,90 @@ pub fn status_text(s: &State) -> String {
             }
         }
     }
+}
+
+/// docker's ContainerSummary (`GET /containers/json`, what `ps` shows): published ports
+/// with their host side, exposed ones without.
+pub fn summary(c: &Container, s: &State) -> Value {
+    let cfg = &c.config;
+    let command: Vec<&str> = std::iter::once(cfg.path.as_str())
+        .chain(cfg.args.iter().map(String::as_str))
+        .collect();
+    let mut ports: Vec<Value> = s
+        .ports
+        .iter()
+        .map(|p| {
+            json!({
+                "IP": if p.host_ip.is_empty() { "0.0.0.0" } else { p.host_ip.as_str() },
+                "PrivatePort": p.container_port,
+                "PublicPort": p.host_port,
+                "Type": p.proto,
+            })
+        })
+        .collect();
+    for e in &cfg.exposed_ports {
+        let (port, proto) = e.split_once('/').unwrap_or((e, "tcp"));
+        let Ok(port) = port.parse::<u16>() else {
+            continue;
+        };
+        if !s
+            .ports
+            .iter()
+            .any(|p| p.container_port == port && p.proto == proto)
+        {
+            ports.push(json!({"PrivatePort": port, "Type": proto}));
+        }
+    }
+    let networks: serde_json::Map<String, Value> = if s.networks.is_empty() {
+        std::iter::once((cfg.network_mode.clone(), json!({}))).collect()
+    } else {
+        s.networks
+            .iter()
+            .map(|n| (n.network.clone(), json!({"IPAddress": n.ip_address})))
+            .collect()
+    };
+    json!({
+        "Id": c.id(),
+        "Names": [format!("/{}", cfg.name)],
+        "Image": cfg.image,
+        "ImageID": cfg.image_id.to_string(),
+        "Command": command.join(" "),
+        "Created": i64::try_from(cfg.created / 1_000_000_000).unwrap_or(0),
+        "Ports": ports,
+        "Labels": cfg.labels,
+        "State": s.status.as_str(),
+        "Status": status_text(s),
+        "HostConfig": {"NetworkMode": cfg.network_mode},
+        "NetworkSettings": {"Networks": networks},
+        "Mounts": cfg.mounts.iter().map(|m| json!({
+            "Type": m.kind,
+            "Name": if m.kind == "volume" { m.source.clone() } else { String::new() },
+            "Source": m.source,
+            "Destination": m.destination,
+            "RW": m.rw,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// docker's `PORTS` column from a summary's `Ports`.
+pub fn ports_text(summary: &Value) -> String {
+    let empty = Vec::new();
+    let ports = summary["Ports"].as_array().unwrap_or(&empty);
+    ports
+        .iter()
+        .map(|p| {
+            let proto = p["Type"].as_str().unwrap_or("tcp");
+            let private = p["PrivatePort"].as_u64().unwrap_or(0);
+            match p["PublicPort"].as_u64() {
+                Some(public) => format!(
+                    "{}:{public}->{private}/{proto}",
+                    p["IP"].as_str().unwrap_or("0.0.0.0")
+                ),
+                None => format!("{private}/{proto}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn inspect_json(c: &Container, s: &State) -> Value {
@@ -147,4 +233,152 @@ pub fn inspect_json(c: &Container, s: &State) -> Value {
             "Networks": networks,
         },
     })
+}
+
+/// kiln's create options as docker's ContainerCreate body (what `kiln -H … run/create`
+/// sends; the daemon maps it back with the same parsers `kiln create` uses). Specs are
+/// checked here, so a bad flag fails before anything is sent.
+pub fn create_body(o: &CreateOptions) -> crate::run::Result<Value> {
+    let mut port_bindings = serde_json::Map::new();
+    let mut exposed = serde_json::Map::new();
+    for spec in &o.publish {
+        let p = parse_publish(spec)?;
+        let key = format!("{}/{}", p.container_port, p.proto);
+        exposed.insert(key.clone(), json!({}));
+        let host_port = if p.host_port == 0 {
+            String::new()
+        } else {
+            p.host_port.to_string()
+        };
+        let entry = port_bindings.entry(key).or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(json!({"HostIp": p.host_ip, "HostPort": host_port}));
+        }
+    }
+    let mut mounts = Vec::new();
+    for m in &o.mounts {
+        let mut fields = serde_json::Map::new();
+        let mut kind = "volume";
+        for part in m.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            match k {
+                "type" => kind = v,
+                "source" | "src" => {
+                    fields.insert("Source".into(), json!(v));
+                }
+                "target" | "destination" | "dst" => {
+                    fields.insert("Target".into(), json!(v));
+                }
+                "readonly" | "ro" => {
+                    fields.insert(
+                        "ReadOnly".into(),
+                        json!(v.is_empty() || v == "true" || v == "1"),
+                    );
+                }
+                "tmpfs-size" => {
+                    let bytes = crate::run::cgroups::parse_bytes(v)?;
+                    fields.insert("TmpfsOptions".into(), json!({"SizeBytes": bytes}));
+                }
+                _ => {}
+            }
+        }
+        fields.insert("Type".into(), json!(kind));
+        mounts.push(Value::Object(fields));
+    }
+    let (entrypoint, cmd) = match &o.entrypoint {
+        None => (Value::Null, json!(o.cmd)),
+        Some(e) if e.is_empty() => (json!([""]), json!(o.cmd)),
+        Some(e) => (json!([e]), json!(o.cmd)),
+    };
+    let restart = o.restart.as_deref().map(|r| {
+        let (name, count) = r.split_once(':').unwrap_or((r, "0"));
+        json!({"Name": name, "MaximumRetryCount": count.parse::<i64>().unwrap_or(0)})
+    });
+    let memory = match &o.memory {
+        Some(m) => crate::run::cgroups::parse_bytes(m)?,
+        None => 0,
+    };
+    let duration = |d: &Option<String>| -> crate::run::Result<i64> {
+        d.as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map(|x| x.unwrap_or(0))
+    };
+    let healthcheck = if o.no_healthcheck {
+        json!({"Test": ["NONE"]})
+    } else {
+        json!({
+            "Test": o.health_cmd.as_ref().map(|c| json!(["CMD-SHELL", c])),
+            "Interval": duration(&o.health_interval)?,
+            "Timeout": duration(&o.health_timeout)?,
+            "StartPeriod": duration(&o.health_start_period)?,
+            "Retries": o.health_retries.unwrap_or(0),
+        })
+    };
+    let labels: serde_json::Map<String, Value> = o
+        .labels
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_string(), json!(v))
+        })
+        .collect();
+    let tmpfs: serde_json::Map<String, Value> = o
+        .tmpfs
+        .iter()
+        .map(|t| {
+            let (dst, opts) = t.split_once(':').unwrap_or((t, ""));
+            (dst.to_string(), json!(opts))
+        })
+        .collect();
+    let mut endpoints = serde_json::Map::new();
+    if let Some(net) = &o.network {
+        endpoints.insert(
+            net.clone(),
+            json!({
+                "Aliases": o.network_aliases,
+                "IPAMConfig": o.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
+            }),
+        );
+    }
+    Ok(json!({
+        "Image": o.image,
+        "Cmd": cmd,
+        "Entrypoint": entrypoint,
+        "Env": o.env,
+        "WorkingDir": o.workdir.clone().unwrap_or_default(),
+        "User": o.user.clone().unwrap_or_default(),
+        "Hostname": o.hostname.clone().unwrap_or_default(),
+        "Tty": o.tty,
+        "OpenStdin": o.interactive,
+        "StdinOnce": o.interactive,
+        "AttachStdin": o.interactive,
+        "AttachStdout": true,
+        "AttachStderr": true,
+        "Labels": labels,
+        "StopSignal": o.stop_signal,
+        "StopTimeout": o.stop_timeout,
+        "ExposedPorts": exposed,
+        "Healthcheck": healthcheck,
+        "HostConfig": {
+            "Binds": o.volumes,
+            "Mounts": mounts,
+            "PortBindings": port_bindings,
+            "PublishAllPorts": o.publish_all,
+            "NetworkMode": o.network.clone().unwrap_or_default(),
+            "AutoRemove": o.auto_remove,
+            "RestartPolicy": restart,
+            "Memory": memory,
+            "NanoCpus": o.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+            "PidsLimit": o.pids_limit,
+            "CapAdd": o.cap_add,
+            "CapDrop": o.cap_drop,
+            "ReadonlyRootfs": o.read_only,
+            "SecurityOpt": o.security_opts,
+            "Init": o.init,
+            "ExtraHosts": o.add_hosts,
+            "Tmpfs": tmpfs,
+        },
+        "NetworkingConfig": {"EndpointsConfig": endpoints},
+    }))
 }

@@ -42,6 +42,23 @@ pub struct Listed {
     pub tags: Vec<String>,
 }
 
+/// Docker's ImageSummary for one image.
+pub fn summary(l: &Listed) -> Value {
+    let size = l.image.layers_size();
+    json!({
+        "Id": l.image.id().to_string(),
+        "ParentId": "",
+        "RepoTags": l.tags.iter().map(|t| familiar_tag(t)).collect::<Vec<_>>(),
+        "RepoDigests": [],
+        "Created": created_secs(&l.image).unwrap_or(0),
+        "Size": size,
+        "SharedSize": -1,
+        "VirtualSize": size,
+        "Labels": l.image.config.config.labels.clone().unwrap_or_default(),
+        "Containers": -1,
+    })
+}
+
 /// Every image of the store with its tags; unreadable images are skipped with a warning.
 pub fn list(store: &ImageStore) -> Result<Vec<Listed>> {
     let tags = store.tags()?;

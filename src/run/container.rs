@@ -104,7 +104,11 @@ pub fn kill(root: &Path, c: &Container, signal: Option<&str>) -> Result<()> {
 /// `wait`: blocks until the container is not running; its exit code.
 pub fn wait(root: &Path, c: &Container) -> Result<i32> {
     loop {
-        let s = settle(root, c)?;
+        let s = match settle(root, c) {
+            Ok(s) => s,
+            // Removed (--rm) while we waited: the exit code it left.
+            Err(e) => return crate::run::state::removed_exit(root, c.id()).ok_or(e),
+        };
         if !s.is_running() {
             return Ok(s.exit_code);
         }
@@ -138,6 +142,25 @@ pub fn remove(root: &Path, c: &Container, force: bool, volumes: bool) -> Result<
 }
 
 /// Releases what the container may still hold (after a crash), then removes it.
+/// `container prune`: removes every container that is not running; their IDs.
+pub fn prune(root: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for c in crate::run::state::Containers::open(root)?.list()? {
+        if monitor::settle(root, &c)?.is_running() {
+            continue;
+        }
+        release_and_remove(root, &c, false)?;
+        removed.push(c.config.id.clone());
+    }
+    Ok(removed)
+}
+
+/// Stops the container when it runs, then starts it again (`restart`).
+pub fn restart(root: &Path, c: &Container, timeout: Option<i64>) -> Result<()> {
+    stop(root, c, timeout)?;
+    start_detached(root, c)
+}
+
 pub fn release_and_remove(root: &Path, c: &Container, volumes: bool) -> Result<()> {
     monitor::release(root, c);
     remove_files(root, c, volumes)

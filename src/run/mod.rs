@@ -13,6 +13,7 @@
 //! container down with it (parent-death signals), so [`state::Container::state`] always
 //! reports the truth: a "running" state without a lock holder is an exit (255).
 
+pub mod archive;
 pub mod cgroups;
 pub mod container;
 pub mod create;
@@ -39,6 +40,9 @@ pub enum RunError {
     },
     #[error("No such container: {0}")]
     NoSuchContainer(String),
+    /// A path (or other object) that does not exist; the message says which.
+    #[error("{0}")]
+    NotFound(String),
     #[error("No such volume: {0}")]
     NoSuchVolume(String),
     #[error("{0}")]

@@ -530,6 +530,7 @@ pub fn supervise(
     };
     // --rm: gone before anyone waiting on the lock (stop, wait) hears of the exit.
     if c.config.auto_remove {
+        super::state::record_removed_exit(root, c.id(), code);
         if let Err(e) = super::container::remove_files(root, c, true) {
             tracing::warn!(container = c.short_id(), error = %e, "--rm: cannot remove the container");
         }

@@ -546,6 +546,43 @@ impl Container {
     }
 }
 
+/// Where the exit codes of removed `--rm` containers are kept (`ROOT/exits/<id>`).
+fn exits_dir(root: &Path) -> PathBuf {
+    root.join("exits")
+}
+
+/// Keeps the exit code of a `--rm` container whose directory is about to go, so that a
+/// `wait` that missed the exit still reports it (docker's daemon keeps it in memory).
+/// Records older than ten minutes are dropped here.
+pub fn record_removed_exit(root: &Path, id: &str, code: i32) {
+    let dir = exits_dir(root);
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        let old = std::time::Duration::from_secs(600);
+        for e in entries.flatten() {
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > old);
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = crate::cache::lock::write_replace(&dir.join(id), code.to_string().as_bytes());
+}
+
+/// The exit code [`record_removed_exit`] kept for `id`.
+pub fn removed_exit(root: &Path, id: &str) -> Option<i32> {
+    std::fs::read_to_string(exits_dir(root).join(id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

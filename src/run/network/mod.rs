@@ -134,6 +134,11 @@ pub struct Networks {
 }
 
 impl Networks {
+    /// The kiln root these networks belong to (containers join them through it).
+    pub fn root(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
     /// Opens (creating if needed) `<root>/networks`; `bridge`, `host` and `none` always exist
     /// (the default bridge's Linux bridge and subnet are created on first use).
     pub fn open(root: &Path) -> Result<Networks, NetworkError> {

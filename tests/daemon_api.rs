@@ -1,0 +1,276 @@
+//! Containers, networks and volumes through `kiln daemon`: the docker CLI's network
+//! connect/disconnect and name resolution between containers, restart, port, cp and
+//! container prune; and kiln itself as a client (`kiln -H …`) for the container and volume
+//! commands, printing what in-process kiln prints.
+
+use std::process::Stdio;
+
+use crate::daemon::Daemon;
+use crate::util::{run, stderr, stdout};
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id() % 100_000)
+}
+
+#[test]
+fn docker_network_containers_resolve_each_other_connect_disconnect() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let (net, other) = (unique("kan"), unique("kao"));
+    let (a, b) = (unique("kaa"), unique("kab"));
+    d.docker(&["network", "create", &net]);
+    d.docker(&["network", "create", &other]);
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &a,
+        "--network",
+        &net,
+        base,
+        "sleep",
+        "300",
+    ]);
+    d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &b,
+        "--network",
+        &other,
+        base,
+        "sleep",
+        "300",
+    ]);
+    // a by name from a third container on the same network.
+    let ping = |target: &str| {
+        let mut c = d.docker_cmd(&[
+            "run",
+            "--rm",
+            "--network",
+            &net,
+            base,
+            "busybox",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            target,
+        ]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        run(c, None)
+    };
+    let o = ping(&a);
+    let a_ip = d.docker(&[
+        "inspect",
+        "-f",
+        &format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}"),
+        &a,
+    ]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains(a_ip.trim()), "{} vs {a_ip}", stdout(&o));
+    // b is on another network: not reachable by name until it is connected.
+    assert!(!ping(&b).status.success());
+    d.docker(&["network", "connect", "--alias", "bee", &net, &b]);
+    let o = ping("bee");
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let nets = d.docker(&["inspect", "-f", "{{len .NetworkSettings.Networks}}", &b]);
+    assert_eq!(nets.trim(), "2");
+    d.docker(&["network", "disconnect", &net, &b]);
+    assert!(!ping("bee").status.success());
+    let (_, e) = d.docker_expect(&["network", "disconnect", &net, &b], false);
+    assert!(e.contains("is not connected"), "{e}");
+    d.docker(&["rm", "-f", &a, &b]);
+    d.docker(&["network", "rm", &net, &other]);
+}
+
+#[test]
+fn docker_restart_port_cp_and_container_prune() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = unique("kar");
+    let id = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        "127.0.0.1::80",
+        base,
+        "sleep",
+        "300",
+    ]);
+    let id = id.trim();
+    let port = d.docker(&["port", &name, "80"]);
+    assert!(port.trim().starts_with("127.0.0.1:"), "{port}");
+    let started = |d: &Daemon| d.docker(&["inspect", "-f", "{{.State.StartedAt}}", &name]);
+    let before = started(&d);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(d.docker(&["restart", "-t", "1", &name]).trim(), name);
+    assert_ne!(started(&d), before, "restart did not start it again");
+    assert!(d.docker(&["ps"]).contains(&name));
+
+    // docker cp, both ways: a file, a directory, a new name.
+    let host = d.k.work.path().join("cp");
+    std::fs::create_dir_all(host.join("dir/sub")).expect("dirs");
+    std::fs::write(host.join("file.txt"), "one\n").expect("file");
+    std::fs::write(host.join("dir/sub/deep.txt"), "deep\n").expect("file");
+    let h = |p: &str| host.join(p).to_string_lossy().into_owned();
+    d.docker(&["cp", &h("file.txt"), &format!("{name}:/etc/")]);
+    d.docker(&["cp", &h("dir"), &format!("{name}:/etc/dir")]);
+    d.docker(&["cp", &h("file.txt"), &format!("{name}:/etc/renamed.txt")]);
+    d.docker(&["cp", &format!("{name}:/etc/file.txt"), &h("back.txt")]);
+    d.docker(&["cp", &format!("{name}:/etc/dir"), &h("dirback")]);
+    d.docker(&["cp", &format!("{name}:/etc/renamed.txt"), &h("dir")]);
+    assert_eq!(
+        std::fs::read_to_string(h("back.txt")).unwrap_or_default(),
+        "one\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h("dirback/sub/deep.txt")).unwrap_or_default(),
+        "deep\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h("dir/renamed.txt")).unwrap_or_default(),
+        "one\n"
+    );
+    let (_, e) = d.docker_expect(&["cp", &format!("{name}:/nope"), &h("x")], false);
+    assert!(e.contains("Could not find the file /nope"), "{e}");
+
+    d.docker(&["stop", "-t", "1", &name]);
+    let pruned = d.docker(&["container", "prune", "-f"]);
+    assert!(
+        pruned.starts_with("Deleted Containers:\n") && pruned.contains(id),
+        "{pruned}"
+    );
+    assert!(d.docker(&["ps", "-a", "-q"]).trim().is_empty());
+}
+
+/// `kiln -H unix://…` for the container and volume commands.
+#[test]
+fn kiln_client_mode_runs_and_manages_containers() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let host = format!("unix://{}", d.sock.display());
+    let client = |args: &[&str]| {
+        let mut all = vec!["-H", host.as_str()];
+        all.extend_from_slice(args);
+        d.k.expect(&all, true).0
+    };
+    let client_fails = |args: &[&str]| {
+        let mut all = vec!["-H", host.as_str()];
+        all.extend_from_slice(args);
+        d.k.expect(&all, false)
+    };
+    assert_eq!(client(&["run", "--rm", base, "echo", "hi"]), "hi\n");
+    let mut cmd = crate::util::kiln(d.k.root.path());
+    cmd.args([
+        "-H",
+        &host,
+        "run",
+        "--rm",
+        base,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    let o = run(cmd, None);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(
+        (stdout(&o).as_str(), stderr(&o).as_str()),
+        ("out\n", "err\n")
+    );
+
+    let name = unique("kac");
+    let id = client(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        "127.0.0.1::80",
+        base,
+        "sh",
+        "-c",
+        "echo started; sleep 300",
+    ]);
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    // The same rows through the daemon as in-process.
+    let fmt = "{{.ID}} {{.Image}} {{.Names}} {{.Ports}} {{.Command}}";
+    let remote = client(&["ps", "--format", fmt]);
+    let local = d.k.ok(&["ps", "--format", fmt]);
+    assert_eq!(remote, local);
+    assert!(
+        remote.contains(&id[..12]) && remote.contains("->80/tcp"),
+        "{remote}"
+    );
+    assert_eq!(client(&["ps", "-q"]), d.k.ok(&["ps", "-q"]));
+    // Disk usage counts the running container, the same through the daemon.
+    let df = client(&["system", "df"]);
+    assert_eq!(df, d.k.ok(&["system", "df"]));
+    let row = df
+        .lines()
+        .find(|l| l.starts_with("Containers"))
+        .unwrap_or_default();
+    assert_eq!(
+        row.split_whitespace().skip(1).take(2).collect::<Vec<_>>(),
+        ["1", "1"],
+        "{df}"
+    );
+    assert_eq!(client(&["port", &name]), d.k.ok(&["port", &name]));
+    assert_eq!(
+        client(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.Config.Image}}",
+            &name
+        ]),
+        format!("running {base}\n")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while client(&["logs", &name]) != "started\n" {
+        assert!(std::time::Instant::now() < deadline, "no log line");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // cp through the API.
+    let f = d.k.work.path().join("in.txt");
+    std::fs::write(&f, "copied\n").expect("file");
+    client(&[
+        "cp",
+        f.to_str().expect("utf8"),
+        &format!("{name}:/etc/in.txt"),
+    ]);
+    let back = d.k.work.path().join("back.txt");
+    client(&[
+        "cp",
+        &format!("{name}:/etc/in.txt"),
+        back.to_str().expect("utf8"),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&back).unwrap_or_default(),
+        "copied\n"
+    );
+
+    assert_eq!(client(&["restart", "-t", "1", &name]), format!("{name}\n"));
+    assert_eq!(client(&["stop", "-t", "1", &name]), format!("{name}\n"));
+    let code = client(&["wait", &name]);
+    assert!(code.trim().parse::<i32>().is_ok(), "{code}");
+    let (_, e) = client_fails(&["kill", &name]);
+    assert!(e.contains("is not running"), "{e}");
+    let pruned = client(&["container", "prune", "-f"]);
+    assert!(pruned.contains(&id), "{pruned}");
+    let (_, e) = client_fails(&["rm", &name]);
+    assert!(e.contains("No such container"), "{e}");
+
+    // Volumes.
+    let vol = unique("kav");
+    assert_eq!(client(&["volume", "create", &vol]), format!("{vol}\n"));
+    assert!(client(&["volume", "ls", "-q"]).lines().any(|l| l == vol));
+    assert_eq!(client(&["volume", "ls"]), d.k.ok(&["volume", "ls"]));
+    let doc = client(&["volume", "inspect", &vol]);
+    assert!(doc.contains(&format!("\"Name\": \"{vol}\"")), "{doc}");
+    assert_eq!(client(&["volume", "rm", &vol]), format!("{vol}\n"));
+    assert!(!client(&["volume", "ls", "-q"]).contains(&vol));
+}
