@@ -315,22 +315,18 @@ pub fn create_body(o: &CreateOptions) -> crate::run::Result<Value> {
             "Retries": o.health_retries.unwrap_or(0),
         })
     };
-    let labels: serde_json::Map<String, Value> = o
-        .labels
-        .iter()
-        .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or((l, ""));
-            (k.to_string(), json!(v))
-        })
-        .collect();
-    let tmpfs: serde_json::Map<String, Value> = o
-        .tmpfs
-        .iter()
-        .map(|t| {
-            let (dst, opts) = t.split_once(':').unwrap_or((t, ""));
-            (dst.to_string(), json!(opts))
-        })
-        .collect();
+    // `KEY=VALUE` labels and `DST:OPTIONS` tmpfs specs as docker's maps.
+    let split_map = |items: &[String], sep: char| -> serde_json::Map<String, Value> {
+        items
+            .iter()
+            .map(|i| {
+                let (k, v) = i.split_once(sep).unwrap_or((i, ""));
+                (k.to_string(), json!(v))
+            })
+            .collect()
+    };
+    let labels = split_map(&o.labels, '=');
+    let tmpfs = split_map(&o.tmpfs, ':');
     let mut endpoints = serde_json::Map::new();
     if let Some(net) = &o.network {
         endpoints.insert(
