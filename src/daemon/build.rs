@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use super::http::{json_line, stream, ApiError, ApiResult, BodyReader, Chunk, Query};
 use super::State;
 use crate::context::ContextSource;
-use crate::engine::build::{BuildProgress, BuildRequest, PlannedStage};
+use crate::engine::build::{BuildProgress, BuildRequest, DockerfileSource, PlannedStage};
 use crate::engine::images::familiar_tag;
 use crate::executor::build::Progress;
 
@@ -114,7 +114,6 @@ impl BuildProgress for ClassicProgress {
 /// (`kilnprogress=1`) and render them exactly as an in-process build does.
 struct KilnProgress {
     tx: mpsc::Sender<Chunk>,
-    steps: Mutex<usize>,
 }
 
 impl KilnProgress {
@@ -142,10 +141,8 @@ impl Progress for KilnProgress {
 }
 
 impl BuildProgress for KilnProgress {
-    fn planned(&self, stages: &[PlannedStage]) {
-        if let Ok(mut s) = self.steps.lock() {
-            *s = stages.iter().map(|p| p.steps.len()).sum();
-        }
+    fn note(&self, id: usize, text: &str) {
+        self.send(json!({"note": {"id": id, "text": text}}));
     }
 }
 
@@ -236,32 +233,34 @@ pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) ->
     let build_args: BTreeMap<String, Option<String>> = query.json("buildargs")?.unwrap_or_default();
     let labels: BTreeMap<String, String> = query.json("labels")?.unwrap_or_default();
     let (registry, creds_dir) = super::registry::settings_for_build(&req)?;
-    let request = BuildRequest {
-        registry: Some(registry),
-        context: ContextSource::Tar(Box::new(CompleteTar::new(std::io::BufReader::new(
-            BodyReader::new(req.into_body()),
-        )))),
-        dockerfile: query
+    let mut request = BuildRequest::new(ContextSource::Tar(Box::new(CompleteTar::new(
+        std::io::BufReader::new(BodyReader::new(req.into_body())),
+    ))));
+    request.registry = Some(registry);
+    request.dockerfile = DockerfileSource::InContext(
+        query
             .get("dockerfile")
             .filter(|d| !d.is_empty())
             .unwrap_or("Dockerfile")
             .to_string(),
-        tags: query.all("t").into_iter().map(str::to_string).collect(),
-        build_args: build_args
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .collect(),
-        labels,
-        target: query
-            .get("target")
-            .filter(|t| !t.is_empty())
-            .map(str::to_string),
-        no_cache: query.flag("nocache"),
-        platform: query
-            .get("platform")
-            .filter(|p| !p.is_empty())
-            .map(str::to_string),
-    };
+    );
+    request.tags = query.all("t").into_iter().map(str::to_string).collect();
+    request.build_args = build_args
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    request.labels = labels;
+    request.target = query
+        .get("target")
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    if query.flag("nocache") {
+        request.no_cache = crate::executor::build::NoCache::All;
+    }
+    request.platform = query
+        .get("platform")
+        .filter(|p| !p.is_empty())
+        .map(str::to_string);
     let quiet = query.flag("q");
     let kiln_events = query.flag("kilnprogress");
     let (tx, resp) = stream("application/json");
@@ -270,23 +269,10 @@ pub async fn build(state: &Arc<State>, query: &Query, req: Request<Incoming>) ->
         // The client's registry credentials live as long as the build.
         let _creds = creds_dir;
         if kiln_events {
-            let progress = KilnProgress {
-                tx: tx.clone(),
-                steps: Mutex::new(0),
-            };
-            let result = crate::engine::build::build(&st.engine, request, &progress);
-            let step = progress.steps.lock().map(|s| *s).unwrap_or(0) + 1;
-            match result {
+            let progress = KilnProgress { tx: tx.clone() };
+            match crate::engine::build::build(&st.engine, request, &progress) {
                 Ok(built) => {
                     let id = built.image.id().to_string();
-                    progress.send(
-                        json!({"note": {"id": step, "text": format!("writing image {id} done")}}),
-                    );
-                    for t in &built.tags {
-                        progress.send(
-                            json!({"note": {"id": step, "text": format!("naming to {t} done")}}),
-                        );
-                    }
                     let _ = tx.blocking_send(json_line(&json!({"aux": {"ID": id}})));
                 }
                 Err(e) => {

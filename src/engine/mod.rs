@@ -102,12 +102,25 @@ impl Engine {
     }
 
     /// A scratch directory on the store's filesystem, private to this process and `purpose`
-    /// (`tmp/<pid>/<purpose>`: removed with the rest of a dead process's scratch space).
+    /// (`tmp/<pid>/<purpose>`). The scratch space of processes that died (killed builds)
+    /// is removed here.
     pub fn scratch(&self, purpose: &str) -> PathBuf {
-        self.root
-            .join("tmp")
-            .join(std::process::id().to_string())
-            .join(purpose)
+        let base = self.root.join("tmp");
+        if let Ok(entries) = std::fs::read_dir(&base) {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    .map(|_| true)
+                    .unwrap_or_else(|errno| errno != nix::errno::Errno::ESRCH);
+                if !alive {
+                    tracing::debug!("removing scratch space of dead process {pid}");
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        base.join(std::process::id().to_string()).join(purpose)
     }
 }
 
