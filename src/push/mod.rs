@@ -6,7 +6,8 @@
 //! - [`cache_export`]: build cache records plus their layers, to and from a registry or a
 //!   local directory.
 //! - [`credentials`]: docker-compatible credentials (config.json `auths`, `credsStore`,
-//!   `credHelpers`); [`challenge`]: `WWW-Authenticate` parsing and token requests.
+//!   `credHelpers`); [`challenge`]: `WWW-Authenticate` parsing and token requests;
+//!   [`token`]: bearer tokens (identity-token refresh grant, scopes of kiln's own, login).
 //! - [`sources`]: which repositories hold a blob (for cross-repository mounts);
 //!   [`progress`]: per-blob progress events; `stream`: layers uploaded while they compress.
 
@@ -19,6 +20,7 @@ pub mod pull;
 #[allow(clippy::module_inception)]
 pub mod push;
 pub mod sources;
+pub mod token;
 mod stream;
 mod tee;
 
