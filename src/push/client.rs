@@ -5,8 +5,10 @@
 //!
 //! oci-client does almost everything; a plain `reqwest` client (the same reqwest) is used only
 //! where it falls short: manifest GETs (oci-client drops the HTTP status and the
-//! `Content-Type` of a manifest), the HTTPS probe of loopback registries, and verifying
-//! credentials for `kiln login` (oci-client's `auth` never checks Basic credentials).
+//! `Content-Type` of a manifest), the HTTPS probe of loopback registries, verifying
+//! credentials for `kiln login` (oci-client's `auth` never checks Basic credentials), and
+//! token auth and blob mounts ([`super::token`]: oci-client asks tokens for one repository
+//! only and knows no identity tokens).
 //!
 //! Everything here is async; the public entry points of [`super::pull`] and [`super::push`]
 //! create a tokio runtime with [`runtime`] and block on it, so the rest of kiln stays sync.
@@ -449,6 +451,21 @@ impl Registry {
         .await
     }
 
+    /// Before each blob transfer under token auth: puts a fresh token into oci-client's
+    /// cache (from kiln's cache, renewed shortly before it expires), so a long pull never
+    /// runs into an expired token that oci-client would renew without the identity token.
+    pub async fn renew_token(
+        &self,
+        repo: &oci_client::Reference,
+        op: RegistryOperation,
+        reference: &str,
+    ) -> Result<()> {
+        if matches!(self.auth_scheme(reference).await?, AuthScheme::Token(_)) {
+            self.authenticate(repo, op, reference).await?;
+        }
+        Ok(())
+    }
+
     /// A request to `url` on this registry, with the authorization for `token` (from
     /// [`Registry::authenticate`]) or the Basic credentials.
     pub(crate) fn request(
@@ -595,7 +612,9 @@ impl Registry {
 
     /// A 401, with what the registry said (`UNAUTHORIZED: authentication required`).
     fn unauthorized(&self, reference: &str, said: Option<String>) -> RegistryError {
-        let said = said.map(|s| format!(": {s};")).unwrap_or_else(|| ":".into());
+        let said = said
+            .map(|s| format!(": {s};"))
+            .unwrap_or_else(|| ":".into());
         RegistryError::Unauthorized {
             reference: reference.to_string(),
             registry: self.domain.clone(),
@@ -826,6 +845,17 @@ mod tests {
         assert!(e.to_string().contains("config.json"), "{e}");
         let missing = RegistrySettings::load_from(&dir.path().join("none"), &[]).unwrap();
         assert!(missing.insecure.is_empty());
+    }
+
+    #[test]
+    fn identity_tokens_are_never_basic_passwords() {
+        let id = Credentials::identity_token("alice", "refresh-secret");
+        assert!(matches!(to_auth(Some(&id)), RegistryAuth::Anonymous));
+        let basic = Credentials::basic("alice", "pw");
+        assert!(
+            matches!(to_auth(Some(&basic)), RegistryAuth::Basic(u, p) if u == "alice" && p == "pw")
+        );
+        assert!(matches!(to_auth(None), RegistryAuth::Anonymous));
     }
 
     #[test]
