@@ -25,8 +25,8 @@ use crate::build::Kiln;
 use crate::registry::{app_image, pulled_digest, pushed_digest, TestRegistry};
 use crate::util::{kiln, run, stderr, stdout};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "Tok3n-Pa55word-xyz";
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "Tok3n-Pa55word-xyz";
 const SERVICE: &str = "kiln-test-registry";
 const ISSUER: &str = "kiln-test-token-server";
 
@@ -95,11 +95,24 @@ impl TokenServer {
             &p("cert.pem"),
         ]);
         openssl(&[
-            "pkcs8", "-topk8", "-nocrypt", "-in", &p("key.pem"), "-outform", "DER", "-out",
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            &p("key.pem"),
+            "-outform",
+            "DER",
+            "-out",
             &p("key.der"),
         ]);
         openssl(&[
-            "x509", "-in", &p("cert.pem"), "-outform", "DER", "-out", &p("cert.der"),
+            "x509",
+            "-in",
+            &p("cert.pem"),
+            "-outform",
+            "DER",
+            "-out",
+            &p("cert.der"),
         ]);
         let key = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -155,7 +168,11 @@ impl TokenServer {
 
     /// Every access token issued so far.
     pub fn issued(&self) -> Vec<String> {
-        self.state.issued.lock().map(|l| l.clone()).unwrap_or_default()
+        self.state
+            .issued
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -283,14 +300,24 @@ fn serve(state: &State, conn: TcpStream) {
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     if path != "/token" {
-        respond(&mut conn, "404 Not Found", &serde_json::json!({"details": "no such endpoint"}));
+        respond(
+            &mut conn,
+            "404 Not Found",
+            &serde_json::json!({"details": "no such endpoint"}),
+        );
         return;
     }
     let params: Vec<(String, String)> = match method.as_str() {
-        "GET" => form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
+        "GET" => form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect(),
         "POST" => form_urlencoded::parse(&body).into_owned().collect(),
         _ => {
-            respond(&mut conn, "405 Method Not Allowed", &serde_json::json!({"details": "GET or POST"}));
+            respond(
+                &mut conn,
+                "405 Method Not Allowed",
+                &serde_json::json!({"details": "GET or POST"}),
+            );
             return;
         }
     };
@@ -393,7 +420,7 @@ impl TokenRegistry {
     }
 
     /// Token server log lines that contain every one of `parts`.
-    fn requests(&self, parts: &[&str]) -> Vec<String> {
+    pub fn requests(&self, parts: &[&str]) -> Vec<String> {
         self.tokens
             .log()
             .into_iter()
@@ -402,7 +429,7 @@ impl TokenRegistry {
     }
 
     /// Asserts that no password or token appears in `texts`.
-    fn assert_no_secrets(&self, texts: &[String]) {
+    pub fn assert_no_secrets(&self, texts: &[String]) {
         let mut secrets = vec![PASSWORD.to_string()];
         secrets.extend(self.tokens.issued());
         secrets.extend(
@@ -421,11 +448,11 @@ impl TokenRegistry {
     }
 }
 
-/// kiln with a private docker config and debug logging (so logs are checked for secrets).
+/// kiln with a private docker config and trace logging (so logs are checked for secrets).
 fn k(kl: &Kiln, dc: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = kiln(kl.root.path());
     cmd.env("DOCKER_CONFIG", dc)
-        .env("KILN_LOG", "debug")
+        .env("KILN_LOG", "trace")
         .args(args);
     run(cmd, stdin)
 }
@@ -445,7 +472,10 @@ fn ok(tr: &TokenRegistry, kl: &Kiln, dc: &Path, args: &[&str]) -> String {
 fn fails(tr: &TokenRegistry, kl: &Kiln, dc: &Path, args: &[&str]) -> String {
     let out = k(kl, dc, args, None);
     let (o, e) = (stdout(&out), stderr(&out));
-    assert!(!out.status.success(), "kiln {args:?} should fail\nstdout:\n{o}");
+    assert!(
+        !out.status.success(),
+        "kiln {args:?} should fail\nstdout:\n{o}"
+    );
     tr.assert_no_secrets(&[o, e.clone()]);
     e
 }
@@ -477,8 +507,11 @@ fn token_auth_login_push_pull_round_trip() {
         "{err}"
     );
     assert!(
-        !tr.requests(&["GET grant=anonymous", "scopes=repository:private/app:pull,push"])
-            .is_empty(),
+        !tr.requests(&[
+            "GET grant=anonymous",
+            "scopes=repository:private/app:pull,push"
+        ])
+        .is_empty(),
         "{:#?}",
         tr.tokens.log()
     );
@@ -529,8 +562,11 @@ fn token_auth_login_push_pull_round_trip() {
     let out = ok(&tr, &b, dc.path(), &["pull", &name]);
     assert_eq!(pulled_digest(&out), digest, "{out}");
     assert!(
-        !tr.requests(&["POST grant=refresh_token", "scopes=repository:private/app:pull"])
-            .is_empty(),
+        !tr.requests(&[
+            "POST grant=refresh_token",
+            "scopes=repository:private/app:pull"
+        ])
+        .is_empty(),
         "{:#?}",
         tr.tokens.log()
     );
@@ -567,8 +603,10 @@ fn token_auth_wrong_stored_password_is_a_clear_error() {
         &["pull", &format!("{}/private/app:1", tr.reg.addr)],
     );
     assert!(
-        err.contains(&format!("token server {} refused the stored credentials (HTTP 401)", tr.tokens.realm))
-            && err.contains("incorrect username or password"),
+        err.contains(&format!(
+            "token server {} refused the stored credentials (HTTP 401)",
+            tr.tokens.realm
+        )) && err.contains("incorrect username or password"),
         "{err}"
     );
     assert!(!err.contains(wrong) && !err.contains(&auth), "{err}");
@@ -635,7 +673,7 @@ fn token_auth_identity_token_only_config_and_credential_helper() {
         std::env::var("PATH").unwrap_or_default()
     );
     cmd.env("DOCKER_CONFIG", dc2.path())
-        .env("KILN_LOG", "debug")
+        .env("KILN_LOG", "trace")
         .env("PATH", path)
         .args(["pull", &name]);
     let before = tr.requests(&["POST grant=refresh_token"]).len();
@@ -667,7 +705,13 @@ fn token_auth_build_from_and_registry_cache() {
     let out = k(
         &b,
         dc.path(),
-        &["build", "--progress=plain", "--cache-to", &to, ctx.to_str().unwrap()],
+        &[
+            "build",
+            "--progress=plain",
+            "--cache-to",
+            &to,
+            ctx.to_str().unwrap(),
+        ],
         None,
     );
     let err = stderr(&out);
@@ -678,7 +722,10 @@ fn token_auth_build_from_and_registry_cache() {
         .requests(&["grant=refresh_token", "scopes=repository:base/busybox:pull"])
         .is_empty());
     assert!(!tr
-        .requests(&["grant=refresh_token", "scopes=repository:cache/app:pull,push"])
+        .requests(&[
+            "grant=refresh_token",
+            "scopes=repository:cache/app:pull,push"
+        ])
         .is_empty());
 
     // A fresh root imports it: every step is cached.
@@ -688,7 +735,13 @@ fn token_auth_build_from_and_registry_cache() {
     let out = k(
         &c,
         dc.path(),
-        &["build", "--progress=plain", "--cache-from", &from, ctx.to_str().unwrap()],
+        &[
+            "build",
+            "--progress=plain",
+            "--cache-from",
+            &from,
+            ctx.to_str().unwrap(),
+        ],
         None,
     );
     let err = stderr(&out);
@@ -726,12 +779,22 @@ fn token_auth_cross_repository_mount_really_mounts() {
             && log.contains("from=one%2Fapp HTTP/1.1\" 201"),
         "registry log:\n{log}"
     );
-    for upload in ["PATCH /v2/two/app/blobs/uploads/", "PUT /v2/two/app/blobs/uploads/"] {
-        assert!(!log.contains(upload), "{upload} in the registry log:\n{log}");
+    for upload in [
+        "PATCH /v2/two/app/blobs/uploads/",
+        "PUT /v2/two/app/blobs/uploads/",
+    ] {
+        assert!(
+            !log.contains(upload),
+            "{upload} in the registry log:\n{log}"
+        );
     }
     let mounts = log
         .lines()
         .filter(|l| l.contains("POST /v2/two/app/blobs/uploads/?mount=") && l.contains("\" 201"))
         .count();
-    assert_eq!(mounts, out.matches("Mounted from one/app").count(), "{out}\n{log}");
+    assert_eq!(
+        mounts,
+        out.matches("Mounted from one/app").count(),
+        "{out}\n{log}"
+    );
 }
