@@ -42,6 +42,9 @@ struct State {
     /// Every access token it issued (to check none leaks into kiln's output).
     issued: Mutex<Vec<String>>,
     serial: AtomicU64,
+    /// Whether it speaks the OAuth2 variant (`POST`); without, only `GET` and no refresh
+    /// tokens, like token servers that predate it.
+    oauth: bool,
 }
 
 /// A token server on 127.0.0.1 (random port), stopped on drop.
@@ -74,7 +77,7 @@ fn now() -> u64 {
 }
 
 impl TokenServer {
-    pub fn start() -> TokenServer {
+    pub fn start(oauth: bool) -> TokenServer {
         let dir = tempfile::tempdir().expect("token server dir");
         let p = |n: &str| dir.path().join(n).to_str().expect("utf8").to_string();
         openssl(&[
@@ -127,6 +130,7 @@ impl TokenServer {
             log: Mutex::default(),
             issued: Mutex::default(),
             serial: AtomicU64::new(1),
+            oauth,
         });
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -311,8 +315,11 @@ fn serve(state: &State, conn: TcpStream) {
         "GET" => form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect(),
-        "POST" => form_urlencoded::parse(&body).into_owned().collect(),
+        "POST" if state.oauth => form_urlencoded::parse(&body).into_owned().collect(),
         _ => {
+            if let Ok(mut log) = state.log.lock() {
+                log.push(format!("{method} refused: method not allowed"));
+            }
             respond(
                 &mut conn,
                 "405 Method Not Allowed",
@@ -390,7 +397,7 @@ fn serve(state: &State, conn: TcpStream) {
     });
     let offline = param("access_type").as_deref() == Some("offline")
         || param("offline_token").as_deref() == Some("true");
-    if let (Some(u), true) = (&user, offline) {
+    if let (Some(u), true, true) = (&user, offline, state.oauth) {
         answer["refresh_token"] = serde_json::json!(issue_refresh(state, u));
     }
     if method == "POST" {
@@ -408,8 +415,13 @@ pub struct TokenRegistry {
 }
 
 impl TokenRegistry {
+    /// A registry behind a token server that speaks the OAuth2 variant too.
     pub fn start() -> TokenRegistry {
-        let tokens = TokenServer::start();
+        Self::start_with(true)
+    }
+
+    pub fn start_with(oauth: bool) -> TokenRegistry {
+        let tokens = TokenServer::start(oauth);
         let auth = format!(
             "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
             tokens.realm,
@@ -797,4 +809,60 @@ fn token_auth_cross_repository_mount_really_mounts() {
         out.matches("Mounted from one/app").count(),
         "{out}\n{log}"
     );
+}
+
+/// A token server without the OAuth2 variant: `kiln login` falls back to the Basic `GET`,
+/// stores the username and password (no refresh token), and push and pull fetch their
+/// tokens with them.
+#[test]
+fn token_auth_without_oauth_uses_basic_token_requests() {
+    let tr = TokenRegistry::start_with(false);
+    let dc = tempfile::tempdir().unwrap();
+    let a = Kiln::new();
+    let out = login(&tr, &a, dc.path(), "wrong-Pa55");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("incorrect username or password"),
+        "{}",
+        stderr(&out)
+    );
+    let out = login(&tr, &a, dc.path(), PASSWORD);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !tr.requests(&["POST refused"]).is_empty()
+            && !tr
+                .requests(&["GET grant=basic user=alice client_id=kiln offline=true"])
+                .is_empty(),
+        "{:#?}",
+        tr.tokens.log()
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dc.path().join("config.json")).unwrap()).unwrap();
+    let entry = &config["auths"][&tr.reg.addr];
+    assert!(entry.get("identitytoken").is_none(), "{config}");
+    assert_eq!(
+        entry["auth"].as_str(),
+        Some(STANDARD.encode(format!("{USER}:{PASSWORD}")).as_str())
+    );
+
+    let name = format!("{}/basic/app:1", tr.reg.addr);
+    app_image(&a, &name);
+    let digest = pushed_digest(&ok(&tr, &a, dc.path(), &["push", &name]));
+    let b = Kiln::new();
+    assert_eq!(
+        pulled_digest(&ok(&tr, &b, dc.path(), &["pull", &name])),
+        digest
+    );
+    for scope in [
+        "repository:basic/app:pull,push",
+        "repository:basic/app:pull",
+    ] {
+        assert!(
+            !tr.requests(&["GET grant=basic user=alice", &format!("scopes={scope}")])
+                .is_empty(),
+            "{scope}: {:#?}",
+            tr.tokens.log()
+        );
+    }
+    assert!(tr.requests(&["grant=refresh_token"]).is_empty());
 }
