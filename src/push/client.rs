@@ -13,18 +13,17 @@
 //! Everything here is async; the public entry points of [`super::pull`] and [`super::push`]
 //! create a tokio runtime with [`runtime`] and block on it, so the rest of kiln stays sync.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope};
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
 use super::challenge;
 use super::credentials::{Credentials, DockerConfig};
@@ -304,8 +303,8 @@ pub struct Registry {
     pub(super) http: reqwest::Client,
     /// How the registry authenticates, once known (`GET /v2/`).
     pub(super) scheme_cache: Arc<Mutex<Option<AuthScheme>>>,
-    /// Bearer tokens by their (sorted, space-joined) scopes.
-    /// Held while a token is fetched, so parallel blobs share one request.
+    /// Bearer tokens by their (sorted, space-joined) scopes; locked while a token is
+    /// fetched, so parallel blobs share one request.
     pub(super) token_cache: Arc<tokio::sync::Mutex<HashMap<String, CachedToken>>>,
 }
 
