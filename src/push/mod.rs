@@ -20,8 +20,8 @@ pub mod pull;
 #[allow(clippy::module_inception)]
 pub mod push;
 pub mod sources;
-pub mod token;
 mod stream;
 mod tee;
+pub mod token;
 
 pub use client::{Registry, RegistryError, RegistrySettings};

@@ -162,10 +162,7 @@ impl Registry {
         key.sort_unstable();
         let key = key.join(" ");
         let mut cache = self.token_cache.lock().await;
-        if let Some(t) = cache
-            .get(&key)
-            .filter(|t| t.usable_until > Instant::now())
-        {
+        if let Some(t) = cache.get(&key).filter(|t| t.usable_until > Instant::now()) {
             return Ok(t.token.clone());
         }
         let answer = super::client::retry(|| self.fetch_token(server, scopes, reference)).await?;
@@ -233,8 +230,12 @@ impl Registry {
                 ("basic", req)
             }
             _ => {
-                let url =
-                    challenge::token_url(&server.realm, server.service.as_deref(), &scope_refs, None)?;
+                let url = challenge::token_url(
+                    &server.realm,
+                    server.service.as_deref(),
+                    &scope_refs,
+                    None,
+                )?;
                 ("anonymous", self.http.get(url))
             }
         };
@@ -433,7 +434,9 @@ mod tests {
     #[test]
     fn token_server_errors_are_summarized() {
         assert_eq!(
-            token_server_says(br#"{"error":"invalid_grant","error_description":"bad refresh token"}"#),
+            token_server_says(
+                br#"{"error":"invalid_grant","error_description":"bad refresh token"}"#
+            ),
             ": invalid_grant: bad refresh token"
         );
         assert_eq!(
