@@ -889,6 +889,62 @@ fn docker_login_then_push_to_a_registry_with_basic_auth() {
     );
 }
 
+/// The docker CLI against a token-auth registry through kiln's daemon: `/auth` returns the
+/// token server's refresh token as `IdentityToken`, the CLI stores it instead of the
+/// password and sends it back in `X-Registry-Auth`, and kiln exchanges it for access tokens.
+#[test]
+fn docker_login_and_push_pull_through_a_token_registry() {
+    use crate::registry_token::{TokenRegistry, PASSWORD, USER};
+    let tr = TokenRegistry::start();
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("{}/private/app:1", tr.reg.addr);
+    d.docker(&["tag", base, &name]);
+    let mut login = d.docker_cmd(&["login", &tr.reg.addr, "-u", USER, "--password-stdin"]);
+    login
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = login.spawn().expect("docker login");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        format!("{PASSWORD}\n").as_bytes(),
+    )
+    .expect("stdin");
+    let out = child.wait_with_output().expect("docker login");
+    assert!(
+        stdout(&out).contains("Login Succeeded"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.cfg.path().join("config.json")).expect("docker config"),
+    )
+    .expect("docker config JSON");
+    let identity = config["auths"][&tr.reg.addr]["identitytoken"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(identity.starts_with("rt-"), "{config}");
+    assert!(!config.to_string().contains(PASSWORD), "{config}");
+
+    let pushed = d.docker(&["push", &name]);
+    assert!(pushed.contains("1: digest: sha256:"), "{pushed}");
+    assert!(
+        !tr.requests(&[
+            "POST grant=refresh_token user=alice client_id=kiln",
+            "scopes=repository:private/app:pull,push"
+        ])
+        .is_empty(),
+        "{:#?}",
+        tr.tokens.log()
+    );
+    d.docker(&["rmi", &name]);
+    let pulled = d.docker(&["pull", &name]);
+    assert!(pulled.contains("Digest: sha256:"), "{pulled}");
+    tr.assert_no_secrets(&[pushed, pulled]);
+}
+
 #[test]
 fn docker_volume_create_ls_inspect_rm_prune() {
     let d = Daemon::start();

@@ -34,11 +34,20 @@ fn wait_listening(addr: &str) -> bool {
 impl TestRegistry {
     /// Starts a registry; with `user`, htpasswd basic auth for (user, password).
     pub fn start(user: Option<(&str, &str)>) -> TestRegistry {
+        Self::start_config(user, "")
+    }
+
+    /// Starts a registry with an `auth:` section of its own (token auth).
+    pub fn start_with_auth(auth: &str) -> TestRegistry {
+        Self::start_config(None, auth)
+    }
+
+    fn start_config(user: Option<(&str, &str)>, auth_section: &str) -> TestRegistry {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("registry dir");
             let port = free_port();
             let addr = format!("127.0.0.1:{port}");
-            let mut auth = String::new();
+            let mut auth = auth_section.to_string();
             if let Some((u, p)) = user {
                 let htpasswd = dir.path().join("htpasswd");
                 let st = Command::new("htpasswd")
@@ -76,7 +85,7 @@ impl TestRegistry {
         panic!("could not start docker-registry");
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 }
@@ -117,7 +126,7 @@ fn fails(kl: &Kiln, dc: &Path, args: &[&str]) -> String {
 }
 
 /// `digest: sha256:… size: N` from push output.
-fn pushed_digest(out: &str) -> String {
+pub fn pushed_digest(out: &str) -> String {
     out.lines()
         .find_map(|l| l.split("digest: ").nth(1))
         .and_then(|r| r.split_whitespace().next())
@@ -126,7 +135,7 @@ fn pushed_digest(out: &str) -> String {
 }
 
 /// `Digest: sha256:…` from pull output.
-fn pulled_digest(out: &str) -> String {
+pub fn pulled_digest(out: &str) -> String {
     out.lines()
         .find_map(|l| l.strip_prefix("Digest: "))
         .unwrap_or_else(|| panic!("no digest in pull output:\n{out}"))
@@ -135,7 +144,7 @@ fn pulled_digest(out: &str) -> String {
 }
 
 /// An image with a busybox layer plus a layer of random bytes.
-fn app_image(kl: &Kiln, tag: &str) -> String {
+pub fn app_image(kl: &Kiln, tag: &str) -> String {
     let base = kl.busybox();
     let noise: String = (0..20000).map(|i| (i * 7919 % 251) as u8 as char).collect();
     let ctx = kl.context(

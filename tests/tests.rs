@@ -14,5 +14,6 @@ mod images_cli;
 mod network;
 mod parser_properties;
 mod registry;
+mod registry_token;
 mod run;
 mod sandbox;

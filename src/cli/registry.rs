@@ -308,11 +308,17 @@ pub fn login(args: &LoginArgs) -> anyhow::Result<Outcome> {
     let creds = Credentials::basic(username, password);
     let settings = RegistrySettings::load(&args.insecure_registry)?;
     let rt = runtime()?;
-    rt.block_on(async {
-        let registry = Registry::connect_with(&host, &settings, Some(&creds)).await?;
-        registry.verify_login(&creds).await
-    })
-    .with_context(|| format!("login to {host} failed"))?;
+    let outcome = rt
+        .block_on(async {
+            let registry = Registry::connect_with(&host, &settings, Some(&creds)).await?;
+            registry.verify_login(&creds).await
+        })
+        .with_context(|| format!("login to {host} failed"))?;
+    // Like docker: a refresh token from the token server is stored instead of the password.
+    let creds = match outcome.identity_token {
+        Some(token) => Credentials::identity_token(creds.username, token),
+        None => creds,
+    };
     DockerConfig::from_env()?
         .store(&host, &creds)
         .with_context(|| format!("storing the credentials for {host}"))?;

@@ -373,7 +373,10 @@ pub async fn auth(req: Request<Incoming>) -> ApiResult {
         })
         .map_err(|e| ApiError::internal(format!("cannot start the login check: {e}")))?;
     match rx.await {
-        Ok(Ok(())) => super::http::json(&json!({"Status": "Login Succeeded", "IdentityToken": ""})),
+        Ok(Ok(outcome)) => super::http::json(&json!({
+            "Status": "Login Succeeded",
+            "IdentityToken": outcome.identity_token.unwrap_or_default(),
+        })),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ApiError::internal(
             "the login check ended without an answer",

@@ -5,15 +5,19 @@
 //!
 //! oci-client does almost everything; a plain `reqwest` client (the same reqwest) is used only
 //! where it falls short: manifest GETs (oci-client drops the HTTP status and the
-//! `Content-Type` of a manifest), the HTTPS probe of loopback registries, and verifying
-//! credentials for `kiln login` (oci-client's `auth` never checks Basic credentials).
+//! `Content-Type` of a manifest), the HTTPS probe of loopback registries, verifying
+//! credentials for `kiln login` (oci-client's `auth` never checks Basic credentials), and
+//! token auth and blob mounts ([`super::token`]: oci-client asks tokens for one repository
+//! only and knows no identity tokens).
 //!
 //! Everything here is async; the public entry points of [`super::pull`] and [`super::push`]
 //! create a tokio runtime with [`runtime`] and block on it, so the rest of kiln stays sync.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -21,8 +25,9 @@ use oci_client::errors::{DigestError, OciDistributionError, OciEnvelope};
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
 
-use super::challenge::{self, Challenge};
+use super::challenge;
 use super::credentials::{Credentials, DockerConfig};
+use super::token::{AuthScheme, CachedToken, LoginOutcome};
 use crate::cache::Digest;
 use crate::reference::Reference;
 
@@ -291,23 +296,28 @@ pub struct Registry {
     api_host: String,
     scheme: &'static str,
     auth: RegistryAuth,
+    /// The stored credentials, for token requests (`push::token`).
+    creds: Option<Credentials>,
     has_credentials: bool,
     pub(crate) client: oci_client::Client,
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
+    /// How the registry authenticates, once known (`GET /v2/`).
+    pub(super) scheme_cache: Arc<Mutex<Option<AuthScheme>>>,
+    /// Bearer tokens by their (sorted, space-joined) scopes; locked while a token is
+    /// fetched, so parallel blobs share one request.
+    pub(super) token_cache: Arc<tokio::sync::Mutex<HashMap<String, CachedToken>>>,
 }
 
+/// What oci-client gets for registries without token auth, and as the fallback with which
+/// it renews a token that expired in its cache. An identity token is no Basic password: it
+/// is only ever exchanged for access tokens (`push::token`), so oci-client gets nothing.
 fn to_auth(c: Option<&Credentials>) -> RegistryAuth {
     match c {
+        Some(c) if c.identity_token.is_some() => RegistryAuth::Anonymous,
         Some(c) if !c.username.is_empty() || !c.password.is_empty() => {
             RegistryAuth::Basic(c.username.clone(), c.password.clone())
         }
-        Some(c) => match &c.identity_token {
-            // Docker's identity tokens are OAuth2 refresh tokens; sent as the password of
-            // Basic auth to the token server, which is what Distribution's token servers accept.
-            Some(t) => RegistryAuth::Basic("<token>".into(), t.clone()),
-            None => RegistryAuth::Anonymous,
-        },
-        None => RegistryAuth::Anonymous,
+        _ => RegistryAuth::Anonymous,
     }
 }
 
@@ -368,10 +378,18 @@ impl Registry {
             api_host,
             scheme,
             auth: to_auth(creds),
+            creds: creds.cloned(),
             has_credentials: creds.is_some(),
             client: oci_client::Client::new(config),
             http,
+            scheme_cache: Arc::default(),
+            token_cache: Arc::default(),
         })
+    }
+
+    /// The credentials of this connection (None: anonymous).
+    pub(super) fn credentials(&self) -> Option<&Credentials> {
+        self.creds.as_ref()
     }
 
     /// The oci-client reference for `path` (the tag only matters for manifest requests).
@@ -389,14 +407,40 @@ impl Registry {
         }
     }
 
-    /// Authenticates for `op` on `repo` (fetches and caches a bearer token when the registry
-    /// asks for one). Returns the bearer token, if any.
+    /// Authenticates for `op` on `repo`. Under token auth, kiln fetches the token itself
+    /// (`push::token`: identity tokens, scopes of its own) and puts it into oci-client's
+    /// cache for `repo` and `op`; otherwise oci-client handles Basic auth. Returns the
+    /// bearer token, if any.
     pub async fn authenticate(
         &self,
         repo: &oci_client::Reference,
         op: RegistryOperation,
         reference: &str,
     ) -> Result<Option<String>> {
+        if let AuthScheme::Token(server) = self.auth_scheme(reference).await? {
+            let actions = match op {
+                RegistryOperation::Pull => "pull",
+                RegistryOperation::Push => "pull,push",
+            };
+            let scope = format!("repository:{}:{actions}", repo.repository());
+            let token = self.token_for(&server, &[scope], reference).await?;
+            // The fallback oci-client renews expired tokens with (first call wins).
+            self.client
+                .store_auth_if_needed(repo.resolve_registry(), &self.auth)
+                .await;
+            // A push token also serves oci-client's pull-side requests (HEAD of a blob).
+            let ops: &[RegistryOperation] = match op {
+                RegistryOperation::Pull => &[RegistryOperation::Pull],
+                RegistryOperation::Push => &[RegistryOperation::Push, RegistryOperation::Pull],
+            };
+            for op in ops {
+                self.client
+                    .auth(repo, &RegistryAuth::Bearer(token.clone()), *op)
+                    .await
+                    .map_err(|e| self.map_err(reference, e))?;
+            }
+            return Ok(Some(token));
+        }
         retry(|| async {
             self.client
                 .auth(repo, &self.auth, op)
@@ -404,6 +448,21 @@ impl Registry {
                 .map_err(|e| self.map_err(reference, e))
         })
         .await
+    }
+
+    /// Before each blob transfer under token auth: puts a fresh token into oci-client's
+    /// cache (from kiln's cache, renewed shortly before it expires), so a long pull never
+    /// runs into an expired token that oci-client would renew without the identity token.
+    pub async fn renew_token(
+        &self,
+        repo: &oci_client::Reference,
+        op: RegistryOperation,
+        reference: &str,
+    ) -> Result<()> {
+        if matches!(self.auth_scheme(reference).await?, AuthScheme::Token(_)) {
+            self.authenticate(repo, op, reference).await?;
+        }
+        Ok(())
     }
 
     /// A request to `url` on this registry, with the authorization for `token` (from
@@ -513,9 +572,10 @@ impl Registry {
         .await
     }
 
-    /// Checks credentials the way `docker login` does: `GET /v2/` with them, and when the
-    /// registry uses token auth, a token request to its realm.
-    pub async fn verify_login(&self, creds: &Credentials) -> Result<()> {
+    /// Checks credentials the way `docker login` does: `GET /v2/` with them; when the
+    /// registry uses token auth, a token request to its realm (`push::token`). Returns the
+    /// identity token to store instead of the password, when the token server issued one.
+    pub async fn verify_login(&self, creds: &Credentials) -> Result<LoginOutcome> {
         let reference = self.domain.clone();
         let url = format!("{}://{}/v2/", self.scheme, self.api_host);
         let res = self
@@ -527,48 +587,18 @@ impl Registry {
             .map_err(|e| self.transport(&reference, &e))?;
         let status = res.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(LoginOutcome {
+                identity_token: None,
+            });
         }
         if status.as_u16() != 401 {
             let body = res.bytes().await.unwrap_or_default();
             return Err(self.status_error(&reference, status.as_u16(), &body));
         }
-        let headers: Vec<String> = res
-            .headers()
-            .get_all(reqwest::header::WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_string))
-            .collect();
-        let challenges = challenge::parse_all(headers.iter().map(String::as_str))?;
-        let Some(bearer) = challenges
-            .iter()
-            .find(|c| matches!(c, Challenge::Bearer { .. }))
-        else {
+        let AuthScheme::Token(server) = self.auth_scheme(&reference).await? else {
             return Err(self.rejected(&reference));
         };
-        let Some(token_url) = bearer.token_url(&[], Some(&creds.username)) else {
-            return Err(self.rejected(&reference));
-        };
-        let res = self
-            .http
-            .get(token_url?)
-            .header(reqwest::header::AUTHORIZATION, creds.basic_auth_header())
-            .send()
-            .await
-            .map_err(|e| self.transport(&reference, &e))?;
-        let status = res.status();
-        let body = res
-            .bytes()
-            .await
-            .map_err(|e| self.transport(&reference, &e))?;
-        match status.as_u16() {
-            200 => {
-                challenge::TokenResponse::parse(&body)?;
-                Ok(())
-            }
-            401 | 403 => Err(self.rejected(&reference)),
-            s => Err(self.status_error(&reference, s, &body)),
-        }
+        self.login_with_token_server(&server, creds).await
     }
 
     fn rejected(&self, reference: &str) -> RegistryError {
@@ -579,14 +609,18 @@ impl Registry {
         }
     }
 
-    fn unauthorized(&self, reference: &str) -> RegistryError {
+    /// A 401, with what the registry said (`UNAUTHORIZED: authentication required`).
+    fn unauthorized(&self, reference: &str, said: Option<String>) -> RegistryError {
+        let said = said
+            .map(|s| format!(": {s};"))
+            .unwrap_or_else(|| ":".into());
         RegistryError::Unauthorized {
             reference: reference.to_string(),
             registry: self.domain.clone(),
             hint: if self.has_credentials {
-                ": the stored credentials were refused or lack access".into()
+                format!("{said} the stored credentials were refused or lack access")
             } else {
-                format!(": log in with `kiln login {}`", self.domain)
+                format!("{said} log in with `kiln login {}`", self.domain)
             },
         }
     }
@@ -609,11 +643,9 @@ impl Registry {
 
     /// An error for an HTTP error status and its body (an error document, or not).
     pub(crate) fn status_error(&self, reference: &str, status: u16, body: &[u8]) -> RegistryError {
-        if status == 401 {
-            return self.unauthorized(reference);
-        }
         match serde_json::from_slice::<OciEnvelope>(body) {
             Ok(env) if !env.errors.is_empty() => self.envelope_error(reference, Some(status), &env),
+            _ if status == 401 => self.unauthorized(reference, None),
             _ => RegistryError::Http {
                 reference: reference.to_string(),
                 registry: self.domain.clone(),
@@ -634,12 +666,12 @@ impl Registry {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_else(|| format!("{:?}", first.code));
-        if code == "UNAUTHORIZED" || status == Some(401) {
-            return self.unauthorized(reference);
-        }
         let mut message = first.message.clone();
         if message.is_empty() {
             message = code.to_lowercase().replace('_', " ");
+        }
+        if code == "UNAUTHORIZED" || status == Some(401) {
+            return self.unauthorized(reference, Some(format!("{code}: {message}")));
         }
         RegistryError::Api {
             reference: reference.to_string(),
@@ -659,7 +691,7 @@ impl Registry {
             OciDistributionError::ServerError { code, message, .. } => {
                 self.status_error(reference, code, message.as_bytes())
             }
-            OciDistributionError::UnauthorizedError { .. } => self.unauthorized(reference),
+            OciDistributionError::UnauthorizedError { .. } => self.unauthorized(reference, None),
             OciDistributionError::AuthenticationFailure(_) => RegistryError::Unauthorized {
                 reference: reference.to_string(),
                 registry: self.domain.clone(),
@@ -812,6 +844,17 @@ mod tests {
         assert!(e.to_string().contains("config.json"), "{e}");
         let missing = RegistrySettings::load_from(&dir.path().join("none"), &[]).unwrap();
         assert!(missing.insecure.is_empty());
+    }
+
+    #[test]
+    fn identity_tokens_are_never_basic_passwords() {
+        let id = Credentials::identity_token("alice", "refresh-secret");
+        assert!(matches!(to_auth(Some(&id)), RegistryAuth::Anonymous));
+        let basic = Credentials::basic("alice", "pw");
+        assert!(
+            matches!(to_auth(Some(&basic)), RegistryAuth::Basic(u, p) if u == "alice" && p == "pw")
+        );
+        assert!(matches!(to_auth(None), RegistryAuth::Anonymous));
     }
 
     #[test]

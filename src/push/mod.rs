@@ -6,7 +6,8 @@
 //! - [`cache_export`]: build cache records plus their layers, to and from a registry or a
 //!   local directory.
 //! - [`credentials`]: docker-compatible credentials (config.json `auths`, `credsStore`,
-//!   `credHelpers`); [`challenge`]: `WWW-Authenticate` parsing and token requests.
+//!   `credHelpers`); [`challenge`]: `WWW-Authenticate` parsing and token requests;
+//!   [`token`]: bearer tokens (identity-token refresh grant, scopes of kiln's own, login).
 //! - [`sources`]: which repositories hold a blob (for cross-repository mounts);
 //!   [`progress`]: per-blob progress events; `stream`: layers uploaded while they compress.
 
@@ -21,5 +22,6 @@ pub mod push;
 pub mod sources;
 mod stream;
 mod tee;
+pub mod token;
 
 pub use client::{Registry, RegistryError, RegistrySettings};

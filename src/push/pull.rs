@@ -556,6 +556,9 @@ async fn fetch_blob_staged(
         let mut guard = state.lock().await;
         let (slot, unpacker) = &mut *guard;
         let offset = slot.as_ref().map_or(0, BlobWriter::written);
+        registry
+            .renew_token(repo, oci_client::RegistryOperation::Pull, shown)
+            .await?;
         let response = registry
             .client
             .pull_blob_stream_partial(repo, desc.digest.as_str(), offset, None)

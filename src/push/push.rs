@@ -205,18 +205,19 @@ async fn upload_blob(
         if path == target.path {
             continue;
         }
-        let from = registry.oci_ref(path, None);
         match registry
-            .client
-            .mount_blob(&repo, &from, desc.digest.as_str())
+            .mount_blob(&target.path, path, desc.digest.as_str(), shown)
             .await
         {
-            Ok(()) => {
+            Ok(true) => {
                 progress.status(&desc.digest, &format!("Mounted from {path}"));
                 return Ok(());
             }
+            Ok(false) => {
+                tracing::debug!(blob = %desc.digest, from = path, "mount refused; uploading")
+            }
             Err(e) => {
-                tracing::debug!(blob = %desc.digest, from = path, error = %e, "mount refused; uploading")
+                tracing::debug!(blob = %desc.digest, from = path, error = %e, "mount failed; uploading")
             }
         }
     }
