@@ -10,7 +10,7 @@ use super::state::{
     now_nanos, Container, ContainerConfig, Containers, MountSpec, PortSpec, RestartPolicy,
 };
 use super::volume::{prefill, Volumes};
-use super::{cgroups, rootfs, Result, RunError};
+use super::{cgroups, rootfs, valid_name, Result, RunError};
 use crate::cache::image::HealthConfig;
 use crate::cache::snapshot::Snapshotter;
 use crate::cache::store::{ImageStore, StoreError};
@@ -57,13 +57,6 @@ pub struct CreateOptions {
     pub health_start_period: Option<String>,
     pub no_healthcheck: bool,
     pub labels: Vec<String>,
-}
-
-/// docker's container name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// Parses `-p [IP:][HOST:]CONTAINER[/tcp|udp]` (a bare CONTAINER port publishes on a free

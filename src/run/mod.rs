@@ -69,6 +69,15 @@ pub enum RunError {
 
 pub type Result<T> = std::result::Result<T, RunError>;
 
+/// docker's rule for container and volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+` (at least
+/// two characters).
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
 pub(crate) fn io_err<'a>(
     op: &'static str,
     path: &'a std::path::Path,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::state::{now_nanos, rfc3339_nanos, Containers};
-use super::{io_err, Result, RunError};
+use super::{io_err, valid_name, Result, RunError};
 
 /// `meta.json` of a volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,14 +33,6 @@ pub struct Volume {
 pub struct Volumes {
     dir: PathBuf,
     root: PathBuf,
-}
-
-/// docker's volume name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() >= 2
-        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 impl Volumes {
