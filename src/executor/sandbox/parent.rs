@@ -551,21 +551,31 @@ pub(super) fn run(
     let mut exited = None;
     let mut garbled = Vec::new();
     let mut started = None;
+    let mut execed = false;
+    let mut announced = false;
     let mut console_master = None;
+    // The start is announced once both the PID and the execve are known, in whatever order
+    // they arrive; a process that exits at once may even be reported after its exit.
+    let mut announce = |started: Option<i32>,
+                        execed: bool,
+                        failed: bool,
+                        console: &mut Option<_>,
+                        announced: &mut bool| {
+        if let (Some(pid), true, false, false) = (started, execed, failed, *announced) {
+            *announced = true;
+            on_started(Started {
+                pid,
+                console: console.take(),
+            });
+        }
+    };
     while open > 0 || (reports_open && exited.is_none()) {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
             Ok(Event::Report(Report::Created { path })) => created.push(path),
             Ok(Event::Report(Report::Started { pid })) => started = Some(pid),
             Ok(Event::Console(master)) => console_master = Some(master),
-            Ok(Event::Execed) => {
-                if let (Some(pid), None) = (started, &failure) {
-                    on_started(Started {
-                        pid,
-                        console: console_master.take(),
-                    });
-                }
-            }
+            Ok(Event::Execed) => execed = true,
             Ok(Event::Report(Report::Failed { failure: f })) => failure = Some(f),
             Ok(Event::Report(Report::Exited { code, signal })) => exited = Some((code, signal)),
             Ok(Event::Garbled(line)) => garbled.push(line),
@@ -574,6 +584,13 @@ pub(super) fn run(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        announce(
+            started,
+            execed,
+            failure.is_some(),
+            &mut console_master,
+            &mut announced,
+        );
         if !cancelled && cancel.is_cancelled() {
             cancelled = true;
             tracing::debug!(pid = helper_pid.as_raw(), "cancelling sandbox");
@@ -584,6 +601,15 @@ pub(super) fn run(
             }
         }
     }
+    // An exit report without a setup failure means the execve happened, even when the
+    // exec pipe's EOF is still on its way.
+    announce(
+        started,
+        execed || exited.is_some(),
+        failure.is_some() || cancelled,
+        &mut console_master,
+        &mut announced,
+    );
     for t in threads {
         let _ = t.join();
     }
