@@ -13,6 +13,7 @@
 //! container down with it (parent-death signals), so [`state::Container::state`] always
 //! reports the truth: a "running" state without a lock holder is an exit (255).
 
+pub mod attach;
 pub mod cgroups;
 pub mod container;
 pub mod create;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::libc;
 
+use super::attach::AttachServer;
 use super::cgroups::{Cgroup, Limits};
 use super::logs::LogWriter;
 use super::net::{self, NetSetup};
@@ -301,14 +302,19 @@ fn run_once(
     c: &Container,
     log: &Arc<Mutex<LogWriter>>,
     attach: &mut Option<Attach>,
+    server: Option<&AttachServer>,
     on_started: &mut dyn FnMut(i32),
 ) -> (RunEnd, Option<std::thread::JoinHandle<()>>) {
-    let stdin = attach.as_mut().and_then(|a| a.stdin.take());
+    let stdin = match attach.as_mut() {
+        Some(a) => a.stdin.take(),
+        None => server.and_then(AttachServer::stdin_for_run),
+    };
     let console = c.config.tty.then(|| {
-        attach
-            .as_ref()
-            .and_then(|_| super::exec::terminal_size(0))
-            .unwrap_or((24, 80))
+        let size = match attach {
+            Some(_) => super::exec::terminal_size(0),
+            None => c.config.console_size.filter(|(r, c)| *r > 0 && *c > 0),
+        };
+        size.unwrap_or((24, 80))
     });
     let prepared = match prepare(root, snapshots, c, stdin, console) {
         Ok(p) => p,
@@ -331,8 +337,13 @@ fn run_once(
     let mut pump = None;
     let mut started = |s: sandbox::Started| {
         if let Some(master) = s.console {
-            // The pty's output goes to the log (and our terminal when attached).
+            // The pty's output goes to the log (and our terminal when attached, or the
+            // attach socket's clients).
             let log = Arc::clone(log);
+            let server = server.cloned();
+            if let Some(srv) = &server {
+                srv.set_console(&master);
+            }
             pump = Some(super::exec::pump_console(
                 master,
                 tty_stdin,
@@ -340,6 +351,9 @@ fn run_once(
                 move |bytes: &[u8]| {
                     if let Ok(mut l) = log.lock() {
                         l.write(Stream::Stdout, bytes);
+                    }
+                    if let Some(srv) = &server {
+                        srv.output(bytes);
                     }
                     if attached {
                         let mut out = std::io::stdout();
@@ -417,7 +431,19 @@ pub fn supervise(
     root: &Path,
     snapshots: &dyn Snapshotter,
     c: &Container,
+    attach: Option<Attach>,
+    report: StartReport,
+) -> Result<i32> {
+    supervise_with(root, snapshots, c, attach, false, report)
+}
+
+/// [`supervise`]; `serve`: a detached container's monitor serves its attach socket.
+fn supervise_with(
+    root: &Path,
+    snapshots: &dyn Snapshotter,
+    c: &Container,
     mut attach: Option<Attach>,
+    serve: bool,
     report: StartReport,
 ) -> Result<i32> {
     let Some(running) = c.try_running_lock()? else {
@@ -425,6 +451,15 @@ pub fn supervise(
         report(Err(msg.clone()));
         return Err(RunError::Conflict(msg));
     };
+    // Before the first start: `docker run -it` attaches, then starts.
+    let server = match serve.then(|| AttachServer::listen(c)).transpose() {
+        Ok(s) => s.flatten(),
+        Err(e) => {
+            report(Err(e.to_string()));
+            return Err(e);
+        }
+    };
+    let server = server.as_ref();
     let log = Arc::new(Mutex::new(LogWriter::open(&c.log_path())?));
     let mut reported = false;
     let mut delay = Duration::from_millis(100);
@@ -471,7 +506,18 @@ pub fn supervise(
         if let Some(h) = net_release.take() {
             let _ = h.join();
         }
-        let (end, release) = run_once(root, snapshots, c, &log, &mut attach, &mut on_started);
+        let (end, release) = run_once(
+            root,
+            snapshots,
+            c,
+            &log,
+            &mut attach,
+            server,
+            &mut on_started,
+        );
+        if let Some(s) = server {
+            s.run_ended();
+        }
         net_release = release;
         FORWARD_PID.store(0, Ordering::SeqCst);
         if let Ok(mut h) = health.lock() {
@@ -528,6 +574,9 @@ pub fn supervise(
             break code;
         }
     };
+    if server.is_some() {
+        let _ = std::fs::remove_file(super::attach::socket_path(c));
+    }
     // --rm: gone before anyone waiting on the lock (stop, wait) hears of the exit.
     if c.config.auto_remove {
         if let Err(e) = super::container::remove_files(root, c, true) {
@@ -539,6 +588,25 @@ pub fn supervise(
     }
     drop(running);
     Ok(code)
+}
+
+/// Exit codes of the monitors this process spawned, by container id (None while one runs): a
+/// monitor exits with its container's last exit code, the only record of it once a `--rm`
+/// container's directory is gone.
+static SPAWNED: Mutex<std::collections::BTreeMap<String, Option<i32>>> =
+    Mutex::new(std::collections::BTreeMap::new());
+/// Finished entries of [`SPAWNED`] are dropped beyond this many.
+const MAX_SPAWNED: usize = 4096;
+
+fn lock_spawned() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<String, Option<i32>>>
+{
+    SPAWNED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The exit code of the monitor of container `id` if this process spawned it: None when it
+/// did not, Some(None) while the monitor runs.
+pub fn spawned_exit(id: &str) -> Option<Option<i32>> {
+    lock_spawned().get(id).copied()
 }
 
 /// Starts a detached container: spawns `kiln __monitor ROOT ID FD` in its own session and
@@ -578,6 +646,8 @@ pub fn spawn(root: &Path, c: &Container) -> Result<()> {
     let mut child = cmd.spawn().map_err(io_err("starting the monitor", &exe))?;
     drop(w);
     drop(cmd);
+    let id = c.config.id.clone();
+    lock_spawned().insert(id.clone(), None);
     let mut text = String::new();
     let mut reader = std::fs::File::from(r);
     let _ = std::io::Read::read_to_string(&mut reader, &mut text);
@@ -585,7 +655,12 @@ pub fn spawn(root: &Path, c: &Container) -> Result<()> {
     // the pipe closes only when it exits or after its report).
     let _ = child.try_wait();
     std::thread::spawn(move || {
-        let _ = child.wait();
+        let code = child.wait().ok().map_or(-1, |s| s.code().unwrap_or(-1));
+        let mut spawned = lock_spawned();
+        if spawned.len() > MAX_SPAWNED {
+            spawned.retain(|_, code| code.is_none());
+        }
+        spawned.insert(id, Some(code));
     });
     match serde_json::from_str::<std::result::Result<(), String>>(text.trim()) {
         Ok(Ok(())) => Ok(()),
@@ -638,7 +713,7 @@ pub fn monitor_main(args: &[String]) -> ! {
     let result = (|| {
         let c = Containers::open(&root)?.find(id)?;
         let snapshots = super::rootfs::open_snapshots(&root)?;
-        supervise(&root, snapshots.as_ref(), &c, None, &mut report)
+        supervise_with(&root, snapshots.as_ref(), &c, None, true, &mut report)
     })();
     match result {
         Ok(code) => std::process::exit(code),
