@@ -8,9 +8,11 @@
 //! a grace period.
 
 mod api;
+mod attach;
 mod build;
 mod containers;
 mod events;
+mod exec;
 pub mod http;
 mod images;
 pub mod listen;
@@ -85,6 +87,8 @@ pub struct State {
     pub shutdown: watch::Receiver<bool>,
     /// When the daemon started (unix seconds).
     pub started: i64,
+    /// Exec instances (`docker exec`), kept in memory as docker does.
+    pub execs: exec::Execs,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -113,6 +117,7 @@ async fn serve(config: Config, engine: Engine) -> Result<(), DaemonError> {
         engine,
         shutdown: stop_rx.clone(),
         started: crate::cache::image::unix_now(),
+        execs: exec::Execs::default(),
     });
     // Every connection holds a clone of `alive`; shutdown waits until all are dropped.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
