@@ -1204,7 +1204,53 @@ fn docker_exec_runs_commands_in_a_running_container() {
     }
     let (_, err) = d.docker_expect(&["exec", &name, "nope-not-a-command"], false);
     assert!(err.contains("nope-not-a-command"), "{err}");
+    // The API directly: a detached Tty exec resized while it runs, its record, errors.
+    let body = d.k.work.path().join("exec.json");
+    std::fs::write(
+        &body,
+        r#"{"Tty": true, "Cmd": ["sh", "-c", "while [ ! -e /go ]; do sleep 1; done; stty size > /size"]}"#,
+    )
+    .expect("exec body");
+    let (status, created) = d.curl("POST", &format!("/containers/{name}/exec"), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    let exec_id = created.split('"').nth(3).expect("an exec id").to_string();
+    std::fs::write(&body, r#"{"Detach": true, "Tty": true}"#).expect("start body");
+    let (status, out) = d.curl("POST", &format!("/exec/{exec_id}/start"), Some(&body));
+    assert_eq!(status, 200, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, out) = d.curl("POST", &format!("/exec/{exec_id}/resize?h=44&w=99"), None);
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec resize: {status} {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.docker(&["exec", &name, "sh", "-c", "> /go"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = d.docker_with_input(&["exec", &name, "cat", "/size"], "");
+        if out == "44 99\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the exec's pty size: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, inspect) = d.curl("GET", &format!("/exec/{exec_id}/json"), None);
+    assert_eq!(status, 200, "{inspect}");
+    assert!(inspect.contains(r#""ExitCode":0"#), "{inspect}");
+    assert!(inspect.contains(r#""Running":false"#), "{inspect}");
+    let (status, out) = d.curl("GET", "/exec/nope/json", None);
+    assert_eq!(status, 404, "{out}");
+    assert!(out.contains("No such exec instance"), "{out}");
+    let (status, out) = d.curl("POST", &format!("/containers/{name}/exec"), Some(&body));
+    assert_eq!(status, 400, "{out}");
+    assert!(out.contains("No exec command specified"), "{out}");
+    std::fs::write(&body, r#"{"Cmd": ["true"]}"#).expect("exec body");
+    let (status, out) = d.curl("POST", "/containers/nope/exec", Some(&body));
+    assert_eq!(status, 404, "{out}");
     d.docker(&["kill", &name]);
+    d.docker(&["wait", &name]);
     let (_, err) = d.docker_expect(&["exec", &name, "echo", "hi"], false);
     assert!(err.contains("is not running"), "{err}");
     d.docker(&["rm", &name]);

@@ -99,7 +99,13 @@ async fn reach_monitor(
                 }
             }
         }
-        if tx.is_closed() || ran_and_stopped(root, c, started_before) {
+        let stopped = {
+            let (root, c) = (root.to_path_buf(), c.clone());
+            tokio::task::spawn_blocking(move || ran_and_stopped(&root, &c, started_before))
+                .await
+                .unwrap_or(true)
+        };
+        if tx.is_closed() || stopped {
             return None;
         }
         tokio::time::sleep(POLL).await;
