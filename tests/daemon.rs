@@ -128,6 +128,17 @@ fn nix_pid(child: &Child) -> String {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A failed test leaves no container (nor its monitor) running.
+        if let Ok(out) = kiln(self.k.root.path()).args(["ps", "-aq"]).output() {
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = kiln(self.k.root.path())
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -130,6 +130,7 @@ pub fn inspect_json(c: &Container, s: &State) -> Value {
             "User": cfg.user,
             "Tty": cfg.tty,
             "OpenStdin": cfg.open_stdin,
+            "StdinOnce": cfg.stdin_once,
             "Env": cfg.env,
             "Cmd": cfg.args,
             "Image": cfg.image,
