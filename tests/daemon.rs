@@ -128,6 +128,17 @@ fn nix_pid(child: &Child) -> String {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A failed test leaves no container (nor its monitor) running.
+        if let Ok(out) = kiln(self.k.root.path()).args(["ps", "-aq"]).output() {
+            let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = kiln(self.k.root.path())
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -1107,4 +1118,282 @@ fn docker_run_prints_the_output_and_exit_code() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(stdout(&o), "out\n");
     assert_eq!(stderr(&o), "err\n");
+}
+
+impl Daemon {
+    /// Runs docker with `input` on its stdin: (exit code, stdout, stderr).
+    fn docker_with_input(&self, args: &[&str], input: &str) -> (Option<i32>, String, String) {
+        let mut cmd = self.docker_cmd(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("docker");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(input.as_bytes())
+                .expect("writing docker's stdin");
+        }
+        let o = wait_output(child, &format!("docker {args:?}"));
+        (o.status.code(), stdout(&o), stderr(&o))
+    }
+
+    /// Runs a shell command line under a pseudo-terminal of 33 rows × 101 columns (util-linux
+    /// `script`) with `input` typed in: (exit code, what the terminal showed).
+    fn under_pty(&self, command: &str, input: &str) -> (Option<i32>, String) {
+        let mut cmd = Command::new("script");
+        cmd.args([
+            "-qec",
+            &format!("stty rows 33 cols 101; {DOCKER} {command}"),
+            "/dev/null",
+        ])
+        .env("DOCKER_HOST", format!("unix://{}", self.sock.display()))
+        .env("DOCKER_CONFIG", self.cfg.path())
+        .env_remove("DOCKER_CONTEXT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("script (util-linux)");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(input.as_bytes())
+                .expect("writing script's stdin");
+        }
+        let o = wait_output(child, command);
+        (o.status.code(), format!("{}{}", stdout(&o), stderr(&o)))
+    }
+
+    /// Monitor processes (`kiln __monitor ROOT …`) still running for this daemon's root
+    /// (after up to 10 s: a `--rm` container's monitor exits right after removing it).
+    fn monitors(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.monitors_now();
+            if found.is_empty() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn monitors_now(&self) -> Vec<String> {
+        let root = self.k.root.path().to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                    .filter(|c| c.contains("__monitor") && c.contains(&root))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Containers left in the store (directories under `ROOT/containers`).
+    fn container_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.k.root.path().join("containers"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.len() == 64)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Waits up to 60 s for a child's output; kills it (and fails) after that.
+fn wait_output(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().expect("output");
+            panic!(
+                "{what} did not finish within 60s\nstdout:\n{}\nstderr:\n{}",
+                stdout(&o),
+                stderr(&o)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn docker_exec_runs_commands_in_a_running_container() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("ke{}", std::process::id() % 100_000);
+    d.docker(&["run", "-d", "--name", &name, base, "sleep", "300"]);
+    assert_eq!(d.docker(&["exec", &name, "echo", "hi"]), "hi\n");
+    let (code, out, err) = d.docker_with_input(&["exec", &name, "sh", "-c", "exit 3"], "");
+    assert_eq!(code, Some(3), "stdout: {out}\nstderr: {err}");
+    let (code, out, err) =
+        d.docker_with_input(&["exec", &name, "sh", "-c", "echo out; echo err >&2"], "");
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(0), "out\n", "err\n")
+    );
+    // -i: stdin reaches the process, and its end is the process's EOF.
+    let (code, out, err) = d.docker_with_input(&["exec", "-i", &name, "cat"], "hello\n");
+    assert_eq!((code, out.as_str()), (Some(0), "hello\n"), "stderr: {err}");
+    // -e, -w and -u are the process's.
+    let out = d.docker(&[
+        "exec",
+        "-e",
+        "GREETING=hey",
+        "-w",
+        "/bin",
+        "-u",
+        "65534",
+        &name,
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd) $(id -u)",
+    ]);
+    assert_eq!(out, "hey /bin 65534\n");
+    // -d: runs on its own.
+    d.docker(&["exec", "-d", &name, "sh", "-c", "echo detached > /detached"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, _) = d.docker_with_input(&["exec", &name, "cat", "/detached"], "");
+        if out == "detached\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec -d did not run: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, err) = d.docker_expect(&["exec", &name, "nope-not-a-command"], false);
+    assert!(err.contains("nope-not-a-command"), "{err}");
+    // The API directly: a detached Tty exec resized while it runs, its record, errors.
+    let body = d.k.work.path().join("exec.json");
+    std::fs::write(
+        &body,
+        r#"{"Tty": true, "Cmd": ["sh", "-c", "while [ ! -e /go ]; do sleep 1; done; stty size > /size"]}"#,
+    )
+    .expect("exec body");
+    let (status, created) = d.curl("POST", &format!("/containers/{name}/exec"), Some(&body));
+    assert_eq!(status, 201, "{created}");
+    let exec_id = created.split('"').nth(3).expect("an exec id").to_string();
+    std::fs::write(&body, r#"{"Detach": true, "Tty": true}"#).expect("start body");
+    let (status, out) = d.curl("POST", &format!("/exec/{exec_id}/start"), Some(&body));
+    assert_eq!(status, 200, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, out) = d.curl("POST", &format!("/exec/{exec_id}/resize?h=44&w=99"), None);
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "exec resize: {status} {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.docker(&["exec", &name, "sh", "-c", "> /go"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = d.docker_with_input(&["exec", &name, "cat", "/size"], "");
+        if out == "44 99\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the exec's pty size: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, inspect) = d.curl("GET", &format!("/exec/{exec_id}/json"), None);
+    assert_eq!(status, 200, "{inspect}");
+    assert!(inspect.contains(r#""ExitCode":0"#), "{inspect}");
+    assert!(inspect.contains(r#""Running":false"#), "{inspect}");
+    let (status, out) = d.curl("GET", "/exec/nope/json", None);
+    assert_eq!(status, 404, "{out}");
+    assert!(out.contains("No such exec instance"), "{out}");
+    let (status, out) = d.curl("POST", &format!("/containers/{name}/exec"), Some(&body));
+    assert_eq!(status, 400, "{out}");
+    assert!(out.contains("No exec command specified"), "{out}");
+    std::fs::write(&body, r#"{"Cmd": ["true"]}"#).expect("exec body");
+    let (status, out) = d.curl("POST", "/containers/nope/exec", Some(&body));
+    assert_eq!(status, 404, "{out}");
+    d.docker(&["kill", &name]);
+    d.docker(&["wait", &name]);
+    let (_, err) = d.docker_expect(&["exec", &name, "echo", "hi"], false);
+    assert!(err.contains("is not running"), "{err}");
+    d.docker(&["rm", &name]);
+    assert!(d.container_dirs().is_empty(), "{:?}", d.container_dirs());
+    assert!(d.monitors().is_empty(), "{:?}", d.monitors());
+}
+
+#[test]
+fn docker_run_interactive_feeds_stdin_and_closes_it() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let (code, out, err) = d.docker_with_input(&["run", "-i", "--rm", base, "cat"], "hi\n");
+    assert_eq!((code, out.as_str()), (Some(0), "hi\n"), "stderr: {err}");
+    let (code, out, err) = d.docker_with_input(
+        &["run", "-i", "--rm", base, "sh", "-c", "wc -l; exit 4"],
+        "a\nb\nc\n",
+    );
+    assert_eq!((code, out.trim()), (Some(4), "3"), "stderr: {err}");
+    assert!(d.docker(&["ps", "-a", "-q"]).trim().is_empty());
+    assert!(d.container_dirs().is_empty(), "{:?}", d.container_dirs());
+    assert!(d.monitors().is_empty(), "{:?}", d.monitors());
+}
+
+#[test]
+fn docker_run_and_exec_with_a_terminal() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    // docker run -it: a pty of the terminal's size, typed input, the shell's exit code.
+    let (code, screen) = d.under_pty(
+        &format!("run -it --rm {base} sh"),
+        "tty; stty size; echo $((6*7)); exit 7\n",
+    );
+    assert_eq!(code, Some(7), "{screen}");
+    assert!(screen.contains("42\r\n"), "{screen}");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("33 101"), "{screen}");
+    assert!(d.container_dirs().is_empty(), "{:?}", d.container_dirs());
+    assert!(d.monitors().is_empty(), "{:?}", d.monitors());
+
+    // A detached -it container: resize, exec -it, attach; its output is logged.
+    let name = format!("kt{}", std::process::id() % 100_000);
+    d.docker(&["run", "-dit", "--name", &name, base, "sh"]);
+    let (status, body) = d.curl(
+        "POST",
+        &format!("/containers/{name}/resize?h=50&w=120"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        d.docker(&["exec", &name, "sh", "-c", "stty -F /dev/pts/0 size"]),
+        "50 120\n"
+    );
+    let (code, screen) = d.under_pty(
+        &format!("exec -it {name} sh"),
+        "tty; stty size; echo $((6*7)); exit 5\n",
+    );
+    assert_eq!(code, Some(5), "{screen}");
+    assert!(screen.contains("42\r\n"), "{screen}");
+    assert!(screen.contains("/dev/pts/"), "{screen}");
+    assert!(screen.contains("33 101"), "{screen}");
+    let (code, screen) = d.under_pty(
+        &format!("attach {name}"),
+        "echo attached $((6*7)); exit 6\n",
+    );
+    assert_eq!(code, Some(6), "{screen}");
+    assert!(screen.contains("attached 42"), "{screen}");
+    let logs = d.docker(&["logs", &name]);
+    assert!(logs.contains("attached 42"), "{logs}");
+    let state = d.docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}}",
+        &name,
+    ]);
+    assert_eq!(state.trim(), "exited 6");
+    d.docker(&["rm", &name]);
+    assert!(d.container_dirs().is_empty(), "{:?}", d.container_dirs());
+    assert!(d.monitors().is_empty(), "{:?}", d.monitors());
 }

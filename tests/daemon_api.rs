@@ -274,3 +274,100 @@ fn kiln_client_mode_runs_and_manages_containers() {
     assert_eq!(client(&["volume", "rm", &vol]), format!("{vol}\n"));
     assert!(!client(&["volume", "ls", "-q"]).contains(&vol));
 }
+
+/// Runs `kiln -H HOST ARGS` under a pseudo-terminal of 33 rows × 101 columns (util-linux
+/// `script`) with `input` typed in: (exit code, what the terminal showed).
+fn kiln_under_pty(host: &str, args: &str, input: &str) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new("script");
+    cmd.args([
+        "-qec",
+        &format!(
+            "stty rows 33 cols 101; {} -H {host} {args}",
+            env!("CARGO_BIN_EXE_kiln")
+        ),
+        "/dev/null",
+    ]);
+    let o = run(cmd, Some(input));
+    (o.status.code(), format!("{}{}", stdout(&o), stderr(&o)))
+}
+
+/// `kiln -H …` with standard input and terminals: `run -i`, `exec [-i]`, `run -it`,
+/// `exec -it`, as in-process kiln and docker's CLI behave.
+#[test]
+fn kiln_client_mode_stdin_exec_and_terminals() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let host = format!("unix://{}", d.sock.display());
+    let with_host = |args: &[&str]| {
+        let mut cmd = crate::util::kiln(d.k.root.path());
+        cmd.arg("-H").arg(&host).args(args);
+        cmd
+    };
+    // Standard input reaches the container (-i), and its end is the container's EOF.
+    let o = run(
+        with_host(&["run", "-i", "--rm", base, "cat"]),
+        Some("piped in\n"),
+    );
+    assert_eq!(stdout(&o), "piped in\n", "{}", stderr(&o));
+    assert!(o.status.success());
+
+    let name = unique("kae");
+    let o = run(
+        with_host(&["run", "-d", "--name", &name, base, "sleep", "300"]),
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(with_host(&["exec", &name, "echo", "hi"]), None);
+    assert_eq!(stdout(&o), "hi\n", "{}", stderr(&o));
+    let o = run(
+        with_host(&["exec", &name, "sh", "-c", "echo err >&2; exit 3"]),
+        None,
+    );
+    assert_eq!((o.status.code(), stderr(&o).as_str()), (Some(3), "err\n"));
+    let o = run(with_host(&["exec", "-i", &name, "cat"]), Some("hello\n"));
+    assert_eq!(stdout(&o), "hello\n", "{}", stderr(&o));
+    let o = run(
+        with_host(&[
+            "exec",
+            "-e",
+            "V=1",
+            "-w",
+            "/etc",
+            &name,
+            "sh",
+            "-c",
+            "echo $V $PWD",
+        ]),
+        None,
+    );
+    assert_eq!(stdout(&o), "1 /etc\n", "{}", stderr(&o));
+
+    // A terminal: the pty has our size, typed input arrives, the exit code comes back.
+    let (code, screen) = kiln_under_pty(
+        &host,
+        &format!("exec -it {name} sh"),
+        "tty; stty size; echo $((6*7)); exit 5\n",
+    );
+    assert_eq!(code, Some(5), "{screen}");
+    assert!(
+        screen.contains("42\r\n") && screen.contains("/dev/pts/"),
+        "{screen}"
+    );
+    assert!(screen.contains("33 101"), "{screen}");
+    let (code, screen) = kiln_under_pty(
+        &host,
+        &format!("run -it --rm {base} sh"),
+        "tty; stty size; echo $((6*7)); exit 7\n",
+    );
+    assert_eq!(code, Some(7), "{screen}");
+    assert!(
+        screen.contains("42\r\n") && screen.contains("/dev/pts/"),
+        "{screen}"
+    );
+    assert!(screen.contains("33 101"), "{screen}");
+
+    let o = run(with_host(&["rm", "-f", &name]), None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(with_host(&["exec", &name, "true"]), None);
+    assert!(stderr(&o).contains("No such container"), "{}", stderr(&o));
+}

@@ -81,10 +81,14 @@ impl ApiClient {
         Ok(Conn::Tcp(s))
     }
 
-    /// `POST path` with `Upgrade: tcp`; the connection, once the daemon switched protocols.
-    fn hijack(&self, path: &str, body: &Value) -> anyhow::Result<(BufReader<Conn>, Conn)> {
+    /// `POST path` (with a JSON `body` when given: exec start; attach has none, whatever
+    /// follows the headers is the container's input) with `Upgrade: tcp`.
+    fn hijack(&self, path: &str, body: Option<&Value>) -> anyhow::Result<(BufReader<Conn>, Conn)> {
         let mut conn = self.connect_raw()?;
-        let body = serde_json::to_vec(body)?;
+        let body = match body {
+            Some(b) => serde_json::to_vec(b)?,
+            None => Vec::new(),
+        };
         let prefix = self
             .base
             .find("/v")
@@ -311,8 +315,14 @@ fn exit_outcome(code: i64) -> Outcome {
 /// `kiln -H … run`: create (pulling if needed), then `-d`: start and print the ID; else
 /// attach, start, stream until the container exits, and exit with its code.
 pub fn run(api: &ApiClient, args: &RunArgs) -> anyhow::Result<Outcome> {
-    let created =
-        super::container::options(&args.create).and_then(|opts| api.create_container(&opts));
+    // docker: a container attached to our stdin gets its EOF when we close it.
+    let created = super::container::options(&args.create).and_then(|mut opts| {
+        opts.stdin_once = opts.interactive && !args.detach;
+        if opts.tty && !args.detach {
+            opts.console_size = crate::run::exec::terminal_size(0);
+        }
+        api.create_container(&opts)
+    });
     let id = match created {
         Ok(id) => id,
         Err(e) => {
@@ -333,7 +343,7 @@ pub fn run(api: &ApiClient, args: &RunArgs) -> anyhow::Result<Outcome> {
         "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}",
         if stdin { "&stdin=1" } else { "" }
     );
-    let (reader, writer) = api.hijack(&q, &json!({}))?;
+    let (reader, writer) = api.hijack(&q, None)?;
     // Registered before the start, so a fast (or --rm) container's exit is not missed.
     let wait = api.post_empty(&format!("/containers/{id}/wait?condition=next-exit"))?;
     let waiter = std::thread::spawn(move || -> anyhow::Result<i64> {
@@ -374,7 +384,7 @@ pub fn start_attached(api: &ApiClient, key: &str, args: &StartArgs) -> anyhow::R
         "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}",
         if args.interactive { "&stdin=1" } else { "" }
     );
-    let (reader, writer) = api.hijack(&q, &json!({}))?;
+    let (reader, writer) = api.hijack(&q, None)?;
     let wait = api.post_empty(&format!("/containers/{id}/wait?condition=next-exit"))?;
     interact(
         api,
@@ -408,6 +418,11 @@ pub fn exec(api: &ApiClient, args: &ExecArgs) -> anyhow::Result<Outcome> {
         "Env": env,
         "User": args.user.clone().unwrap_or_default(),
         "WorkingDir": args.workdir.clone().unwrap_or_default(),
+        "ConsoleSize": args
+            .tty
+            .then(|| crate::run::exec::terminal_size(0))
+            .flatten()
+            .map(|(rows, cols)| [rows, cols]),
     });
     let created = api.post_json(&format!("/containers/{}/exec", enc(&args.container)), &body)?;
     let exec_id = created["Id"].as_str().unwrap_or_default().to_string();
@@ -421,7 +436,7 @@ pub fn exec(api: &ApiClient, args: &ExecArgs) -> anyhow::Result<Outcome> {
         .map_err(bare)?;
         return Ok(Outcome::Success);
     }
-    let (reader, writer) = api.hijack(&format!("/exec/{exec_id}/start"), &start)?;
+    let (reader, writer) = api.hijack(&format!("/exec/{exec_id}/start"), Some(&start))?;
     interact(
         api,
         reader,

@@ -404,6 +404,8 @@ pub(super) fn options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
         hostname: args.hostname.clone(),
         tty: args.tty,
         interactive: args.interactive,
+        stdin_once: false,
+        console_size: None,
         network: args.network.clone(),
         network_aliases: args.network_alias.clone(),
         ip: args.ip.clone(),

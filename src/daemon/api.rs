@@ -12,8 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{ApiError, ApiResult, Body, Query};
 use super::{
-    archive, build, containers, events, images, networks, registry, system, volumes, State,
-    API_VERSION, MIN_API_VERSION,
+    archive, attach, build, containers, events, exec, images, networks, registry, system, volumes,
+    State, API_VERSION, MIN_API_VERSION,
 };
 
 /// `1.43` → (1, 43).
@@ -97,7 +97,12 @@ fn image_action<'a>(route: &'a str, actions: &[&str]) -> Option<(&'a str, &'a st
 
 /// `/containers/{id}/{action}` → `id`.
 fn container_action<'a>(route: &'a str, action: &str) -> Option<&'a str> {
-    let rest = route.strip_prefix("/containers/")?;
+    object_action(route, "/containers/", action)
+}
+
+/// `{prefix}{id}/{action}` → `id`.
+fn object_action<'a>(route: &'a str, prefix: &str, action: &str) -> Option<&'a str> {
+    let rest = route.strip_prefix(prefix)?;
     let (id, act) = rest.split_once('/')?;
     (!id.is_empty() && act == action).then_some(id)
 }
@@ -158,7 +163,40 @@ async fn dispatch(
             let id = container_action(r, "attach")
                 .unwrap_or_default()
                 .to_string();
-            containers::attach(&state, &id, &query, req).await
+            attach::attach(&state, &id, &query, req).await
+        }
+        (Method::POST, r) if container_action(r, "resize").is_some() => {
+            attach::resize(
+                &state,
+                container_action(r, "resize").unwrap_or_default(),
+                &query,
+            )
+            .await
+        }
+        (Method::POST, r) if container_action(r, "exec").is_some() => {
+            let id = container_action(r, "exec").unwrap_or_default().to_string();
+            exec::create(&state, &id, req).await
+        }
+        (Method::POST, r) if object_action(r, "/exec/", "start").is_some() => {
+            let id = object_action(r, "/exec/", "start")
+                .unwrap_or_default()
+                .to_string();
+            exec::start(&state, &id, req).await
+        }
+        (Method::GET, r) if object_action(r, "/exec/", "json").is_some() => {
+            exec::inspect(
+                &state,
+                object_action(r, "/exec/", "json").unwrap_or_default(),
+            )
+            .await
+        }
+        (Method::POST, r) if object_action(r, "/exec/", "resize").is_some() => {
+            exec::resize(
+                &state,
+                object_action(r, "/exec/", "resize").unwrap_or_default(),
+                &query,
+            )
+            .await
         }
         (Method::POST, r) if container_action(r, "stop").is_some() => {
             containers::stop(

@@ -1,7 +1,8 @@
 //! Container endpoints over [`crate::run`] for containers however they were created (the
 //! store is shared with in-process `kiln run`): `GET /containers/json` (`all`, filters id,
 //! name, status, label), `GET /containers/{id}/json`, `POST /containers/{id}/stop|kill|wait`,
-//! `DELETE /containers/{id}`. Creating, starting, attaching and exec are not served yet.
+//! `DELETE /containers/{id}`, `POST /containers/create`, `POST /containers/{id}/start`, logs.
+//! Attach and resize are in [`super::attach`], exec in [`super::exec`].
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use crate::engine::events::Event;
 use crate::run::container as lifecycle;
 use crate::run::state::{Container, Containers};
 
-fn find(state: &State, key: &str) -> Result<Container, ApiError> {
+pub(super) fn find(state: &State, key: &str) -> Result<Container, ApiError> {
     Ok(Containers::open(&state.engine.root)?.find(key)?)
 }
 
@@ -246,6 +247,7 @@ struct CreateBody {
     hostname: String,
     tty: bool,
     open_stdin: bool,
+    stdin_once: bool,
     labels: Option<std::collections::BTreeMap<String, String>>,
     stop_signal: Option<String>,
     stop_timeout: Option<i64>,
@@ -273,6 +275,8 @@ struct HostConfig {
     init: Option<bool>,
     extra_hosts: Option<Vec<String>>,
     tmpfs: Option<std::collections::BTreeMap<String, String>>,
+    /// [rows, columns] of the client's terminal (`docker run -t`).
+    console_size: Option<[u16; 2]>,
     mounts: Option<Vec<MountBody>>,
 }
 
@@ -423,6 +427,11 @@ fn create_options(
         hostname: Some(body.hostname).filter(|s| !s.is_empty()),
         tty: body.tty,
         interactive: body.open_stdin,
+        stdin_once: body.stdin_once,
+        console_size: hc
+            .console_size
+            .filter(|[r, c]| *r > 0 && *c > 0)
+            .map(|[r, c]| (r, c)),
         network,
         network_aliases: aliases,
         ip,
@@ -520,9 +529,9 @@ pub async fn start(state: &Arc<State>, key: &str) -> ApiResult {
 /// One stream of docker's multiplexed format: each write becomes a frame
 /// `[stream, 0, 0, 0, len (u32 BE)] + bytes` (stream 1 = stdout, 2 = stderr); a tty
 /// container's output goes raw (`stream` None).
-struct MuxWriter {
-    tx: tokio::sync::mpsc::Sender<super::http::Chunk>,
-    stream: Option<u8>,
+pub(super) struct MuxWriter {
+    pub tx: tokio::sync::mpsc::Sender<super::http::Chunk>,
+    pub stream: Option<u8>,
 }
 
 impl std::io::Write for MuxWriter {
@@ -549,7 +558,7 @@ impl std::io::Write for MuxWriter {
 }
 
 /// A writer that drops everything (a stream the client did not ask for).
-struct Discard;
+pub(super) struct Discard;
 
 impl std::io::Write for Discard {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -625,146 +634,6 @@ pub async fn logs(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     Ok(resp)
 }
 
-/// `POST /containers/{id}/attach` (stdout/stderr, `stream`): the connection is hijacked
-/// (101, `Upgrade: tcp`) and carries the container's output from now on in the multiplexed
-/// format (raw for tty) until it exits. Output comes from the container's log, so it works
-/// for containers started after the attach (`docker run` attaches, then starts). Standard
-/// input is not forwarded yet.
-pub async fn attach(
-    state: &Arc<State>,
-    key: &str,
-    query: &Query,
-    mut req: hyper::Request<hyper::body::Incoming>,
-) -> ApiResult {
-    if query.flag("stdin") {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "attaching standard input is not supported by kiln's API yet (use kiln run -i)",
-        ));
-    }
-    let (want_out, want_err) = (query.flag("stdout"), query.flag("stderr"));
-    let c = {
-        let st = state.clone();
-        let key = key.to_string();
-        blocking(move || find(&st, &key)).await?
-    };
-    let offset = std::fs::metadata(c.log_path())
-        .map(|m| m.len())
-        .unwrap_or(0);
-    let tty = c.config.tty;
-    let upgrade = hyper::upgrade::on(&mut req);
-    let root = state.engine.root.clone();
-    tokio::spawn(async move {
-        let io = match upgrade.await {
-            Ok(u) => hyper_util::rt::TokioIo::new(u),
-            Err(e) => {
-                tracing::debug!("attach upgrade failed: {e}");
-                return;
-            }
-        };
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<super::http::Chunk>(64);
-        let writer_task = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let mut io = io;
-            while let Some(Ok(chunk)) = rx.recv().await {
-                if io.write_all(&chunk).await.is_err() {
-                    return;
-                }
-            }
-            let _ = io.shutdown().await;
-        });
-        let _ = tokio::task::spawn_blocking(move || {
-            let writer = |wanted: bool, stream: u8| -> Box<dyn std::io::Write> {
-                if wanted {
-                    Box::new(MuxWriter {
-                        tx: tx.clone(),
-                        stream: (!tty).then_some(stream),
-                    })
-                } else {
-                    Box::new(Discard)
-                }
-            };
-            let (mut out, mut err) = (writer(want_out, 1), writer(want_err, 2));
-            use std::io::Write as _;
-            // Until the container has run and stopped (it may not have started yet).
-            let started_before = c.state().map(|s| s.started_at).unwrap_or(0);
-            let done = || {
-                if tx.is_closed() {
-                    return true;
-                }
-                match crate::run::monitor::settle(&root, &c) {
-                    Ok(s) => !s.is_running() && s.started_at != started_before,
-                    Err(_) => true,
-                }
-            };
-            // The log is opened once and kept open: a --rm container's directory (and log)
-            // may be gone before the last read.
-            let path = c.log_path();
-            let mut file: Option<std::io::BufReader<std::fs::File>> = None;
-            let mut pending = String::new();
-            loop {
-                let finished = done();
-                if file.is_none() {
-                    if let Ok(mut f) = std::fs::File::open(&path) {
-                        let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset));
-                        file = Some(std::io::BufReader::new(f));
-                    }
-                }
-                if let Some(f) = file.as_mut() {
-                    loop {
-                        let mut line = String::new();
-                        match std::io::BufRead::read_line(f, &mut line) {
-                            Ok(0) | Err(_) => break,
-                            Ok(_) => {}
-                        }
-                        pending.push_str(&line);
-                        if !pending.ends_with('\n') {
-                            continue;
-                        }
-                        if let Ok(e) = serde_json::from_str::<crate::run::logs::Entry>(&pending) {
-                            let w = if e.stream == "stderr" {
-                                &mut err
-                            } else {
-                                &mut out
-                            };
-                            if w.write_all(e.log.as_bytes()).is_err() {
-                                return;
-                            }
-                        }
-                        pending.clear();
-                    }
-                }
-                if finished {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        })
-        .await;
-        let _ = writer_task.await;
-    });
-    let mut resp = hyper::Response::new(super::http::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("Upgrade"),
-    );
-    h.insert(
-        hyper::header::UPGRADE,
-        hyper::header::HeaderValue::from_static("tcp"),
-    );
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(if tty {
-            "application/vnd.docker.raw-stream"
-        } else {
-            "application/vnd.docker.multiplexed-stream"
-        }),
-    );
-    Ok(resp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,6 +653,8 @@ mod tests {
             hostname: Some("h".into()),
             tty: true,
             interactive: true,
+            stdin_once: true,
+            console_size: Some((24, 80)),
             network: Some("appnet".into()),
             network_aliases: vec!["db".into()],
             ip: Some("10.1.0.5".into()),

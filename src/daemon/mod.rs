@@ -9,9 +9,11 @@
 
 mod api;
 mod archive;
+mod attach;
 mod build;
 mod containers;
 mod events;
+mod exec;
 pub mod http;
 mod images;
 pub mod listen;
@@ -86,6 +88,8 @@ pub struct State {
     pub shutdown: watch::Receiver<bool>,
     /// When the daemon started (unix seconds).
     pub started: i64,
+    /// Exec instances (`docker exec`), kept in memory as docker does.
+    pub execs: exec::Execs,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -114,6 +118,7 @@ async fn serve(config: Config, engine: Engine) -> Result<(), DaemonError> {
         engine,
         shutdown: stop_rx.clone(),
         started: crate::cache::image::unix_now(),
+        execs: exec::Execs::default(),
     });
     // Every connection holds a clone of `alive`; shutdown waits until all are dropped.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);

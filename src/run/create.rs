@@ -29,6 +29,10 @@ pub struct CreateOptions {
     pub hostname: Option<String>,
     pub tty: bool,
     pub interactive: bool,
+    /// `StdinOnce` (the API's; `docker run -i` sets it).
+    pub stdin_once: bool,
+    /// The API's `HostConfig.ConsoleSize` (rows, columns).
+    pub console_size: Option<(u16, u16)>,
     pub network: Option<String>,
     pub network_aliases: Vec<String>,
     pub ip: Option<String>,
@@ -514,6 +518,8 @@ pub fn create(
         hostname,
         tty: opts.tty,
         open_stdin: opts.interactive,
+        stdin_once: opts.interactive && opts.stdin_once,
+        console_size: opts.console_size,
         network_mode: opts.network.clone().unwrap_or_else(default_network),
         network_aliases: opts.network_aliases.clone(),
         ip: opts.ip.clone(),

@@ -14,6 +14,7 @@
 //! reports the truth: a "running" state without a lock holder is an exit (255).
 
 pub mod archive;
+pub mod attach;
 pub mod cgroups;
 pub mod container;
 pub mod create;

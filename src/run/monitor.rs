@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use nix::libc;
 
+use super::attach::AttachServer;
 use super::cgroups::{Cgroup, Limits};
 use super::logs::LogWriter;
 use super::net::{self, NetSetup};
@@ -301,14 +302,19 @@ fn run_once(
     c: &Container,
     log: &Arc<Mutex<LogWriter>>,
     attach: &mut Option<Attach>,
+    server: Option<&AttachServer>,
     on_started: &mut dyn FnMut(i32),
 ) -> (RunEnd, Option<std::thread::JoinHandle<()>>) {
-    let stdin = attach.as_mut().and_then(|a| a.stdin.take());
+    let stdin = match attach.as_mut() {
+        Some(a) => a.stdin.take(),
+        None => server.and_then(AttachServer::stdin_for_run),
+    };
     let console = c.config.tty.then(|| {
-        attach
-            .as_ref()
-            .and_then(|_| super::exec::terminal_size(0))
-            .unwrap_or((24, 80))
+        let size = match attach {
+            Some(_) => super::exec::terminal_size(0),
+            None => c.config.console_size.filter(|(r, c)| *r > 0 && *c > 0),
+        };
+        size.unwrap_or((24, 80))
     });
     let prepared = match prepare(root, snapshots, c, stdin, console) {
         Ok(p) => p,
@@ -331,8 +337,13 @@ fn run_once(
     let mut pump = None;
     let mut started = |s: sandbox::Started| {
         if let Some(master) = s.console {
-            // The pty's output goes to the log (and our terminal when attached).
+            // The pty's output goes to the log (and our terminal when attached, or the
+            // attach socket's clients).
             let log = Arc::clone(log);
+            let server = server.cloned();
+            if let Some(srv) = &server {
+                srv.set_console(&master);
+            }
             pump = Some(super::exec::pump_console(
                 master,
                 tty_stdin,
@@ -340,6 +351,9 @@ fn run_once(
                 move |bytes: &[u8]| {
                     if let Ok(mut l) = log.lock() {
                         l.write(Stream::Stdout, bytes);
+                    }
+                    if let Some(srv) = &server {
+                        srv.output(bytes);
                     }
                     if attached {
                         let mut out = std::io::stdout();
@@ -417,7 +431,19 @@ pub fn supervise(
     root: &Path,
     snapshots: &dyn Snapshotter,
     c: &Container,
+    attach: Option<Attach>,
+    report: StartReport,
+) -> Result<i32> {
+    supervise_with(root, snapshots, c, attach, false, report)
+}
+
+/// [`supervise`]; `serve`: a detached container's monitor serves its attach socket.
+fn supervise_with(
+    root: &Path,
+    snapshots: &dyn Snapshotter,
+    c: &Container,
     mut attach: Option<Attach>,
+    serve: bool,
     report: StartReport,
 ) -> Result<i32> {
     let Some(running) = c.try_running_lock()? else {
@@ -425,6 +451,15 @@ pub fn supervise(
         report(Err(msg.clone()));
         return Err(RunError::Conflict(msg));
     };
+    // Before the first start: `docker run -it` attaches, then starts.
+    let server = match serve.then(|| AttachServer::listen(c)).transpose() {
+        Ok(s) => s.flatten(),
+        Err(e) => {
+            report(Err(e.to_string()));
+            return Err(e);
+        }
+    };
+    let server = server.as_ref();
     let log = Arc::new(Mutex::new(LogWriter::open(&c.log_path())?));
     let mut reported = false;
     let mut delay = Duration::from_millis(100);
@@ -471,7 +506,18 @@ pub fn supervise(
         if let Some(h) = net_release.take() {
             let _ = h.join();
         }
-        let (end, release) = run_once(root, snapshots, c, &log, &mut attach, &mut on_started);
+        let (end, release) = run_once(
+            root,
+            snapshots,
+            c,
+            &log,
+            &mut attach,
+            server,
+            &mut on_started,
+        );
+        if let Some(s) = server {
+            s.run_ended();
+        }
         net_release = release;
         FORWARD_PID.store(0, Ordering::SeqCst);
         if let Ok(mut h) = health.lock() {
@@ -528,6 +574,9 @@ pub fn supervise(
             break code;
         }
     };
+    if server.is_some() {
+        let _ = std::fs::remove_file(super::attach::socket_path(c));
+    }
     // --rm: gone before anyone waiting on the lock (stop, wait) hears of the exit.
     if c.config.auto_remove {
         super::state::record_removed_exit(root, c.id(), code);
@@ -639,7 +688,7 @@ pub fn monitor_main(args: &[String]) -> ! {
     let result = (|| {
         let c = Containers::open(&root)?.find(id)?;
         let snapshots = super::rootfs::open_snapshots(&root)?;
-        supervise(&root, snapshots.as_ref(), &c, None, &mut report)
+        supervise_with(&root, snapshots.as_ref(), &c, None, true, &mut report)
     })();
     match result {
         Ok(code) => std::process::exit(code),

@@ -106,6 +106,13 @@ pub struct ContainerConfig {
     pub hostname: String,
     pub tty: bool,
     pub open_stdin: bool,
+    /// `StdinOnce`: the container's stdin closes when the first attached client's does.
+    #[serde(default)]
+    pub stdin_once: bool,
+    /// `HostConfig.ConsoleSize` (rows, columns): a detached tty's size at start (24×80
+    /// when unset).
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
     pub network_mode: String,
     #[serde(default)]
     pub network_aliases: Vec<String>,
