@@ -588,7 +588,7 @@ fn cp_health_and_prune() {
             "run",
             "-d",
             "--name",
-            "h",
+            "hc",
             "--network",
             "none",
             "--health-cmd",
@@ -604,22 +604,22 @@ fn cp_health_and_prune() {
         .trim()
         .to_string();
     b.until(10, "unhealthy", || {
-        b.inspect("h")["State"]["Health"]["Status"] == "unhealthy"
+        b.inspect("hc")["State"]["Health"]["Status"] == "unhealthy"
     });
     let file = b.k.work.path().join("ok");
     std::fs::write(&file, "fine\n").expect("write");
-    b.ok(&["cp", file.to_str().unwrap_or_default(), "h:/etc/ok"]);
+    b.ok(&["cp", file.to_str().unwrap_or_default(), "hc:/etc/ok"]);
     b.until(10, "healthy", || {
-        b.inspect("h")["State"]["Health"]["Status"] == "healthy"
+        b.inspect("hc")["State"]["Health"]["Status"] == "healthy"
     });
     assert!(b.ok(&["ps"]).contains("(healthy)"));
     let back = b.k.work.path().join("back");
-    b.ok(&["cp", "h:/etc/ok", back.to_str().unwrap_or_default()]);
+    b.ok(&["cp", "hc:/etc/ok", back.to_str().unwrap_or_default()]);
     assert_eq!(std::fs::read_to_string(&back).expect("back"), "fine\n");
-    b.ok(&["stop", "-t", "0", "h"]);
+    b.ok(&["stop", "-t", "0", "hc"]);
     // A stopped container's files can still be copied out.
     let back2 = b.k.work.path().join("back2");
-    b.ok(&["cp", "h:/etc/ok", back2.to_str().unwrap_or_default()]);
+    b.ok(&["cp", "hc:/etc/ok", back2.to_str().unwrap_or_default()]);
     assert_eq!(std::fs::read_to_string(&back2).expect("back2"), "fine\n");
     let out = b.ok(&["container", "prune", "-f"]);
     assert!(out.contains(&id), "{out}");
