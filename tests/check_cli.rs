@@ -168,6 +168,7 @@ fn help_lists_only_working_commands_and_global_options() {
             "ps",
             "logs",
             "exec",
+            "attach",
             "wait",
             "inspect",
             "port",

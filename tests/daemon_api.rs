@@ -275,14 +275,20 @@ fn kiln_client_mode_runs_and_manages_containers() {
     assert!(!client(&["volume", "ls", "-q"]).contains(&vol));
 }
 
-/// Runs `kiln -H HOST ARGS` under a pseudo-terminal of 33 rows × 101 columns (util-linux
-/// `script`) with `input` typed in: (exit code, what the terminal showed).
+/// Runs `kiln -H HOST ARGS` (or `kiln --root ROOT ARGS` when `host` is a directory) under a
+/// pseudo-terminal of 33 rows × 101 columns (util-linux `script`) with `input` typed in:
+/// (exit code, what the terminal showed).
 fn kiln_under_pty(host: &str, args: &str, input: &str) -> (Option<i32>, String) {
+    let target = if host.starts_with('/') {
+        format!("--root {host}")
+    } else {
+        format!("-H {host}")
+    };
     let mut cmd = std::process::Command::new("script");
     cmd.args([
         "-qec",
         &format!(
-            "stty rows 33 cols 101; {} -H {host} {args}",
+            "stty rows 33 cols 101; {} {target} {args}",
             env!("CARGO_BIN_EXE_kiln")
         ),
         "/dev/null",
@@ -365,6 +371,29 @@ fn kiln_client_mode_stdin_exec_and_terminals() {
         "{screen}"
     );
     assert!(screen.contains("33 101"), "{screen}");
+
+    // attach, in-process and through the daemon, to -it containers.
+    let root = d.k.root.path().to_string_lossy().into_owned();
+    for (n, via) in [("local", root.as_str()), ("api", host.as_str())] {
+        let c = format!("{name}{n}");
+        let o = run(with_host(&["run", "-dit", "--name", &c, base, "sh"]), None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let (code, screen) = kiln_under_pty(
+            via,
+            &format!("attach {c}"),
+            "stty size; echo attached $((6*7)); exit 6\n",
+        );
+        assert_eq!(code, Some(6), "{n}: {screen}");
+        assert!(screen.contains("attached 42"), "{n}: {screen}");
+        assert!(screen.contains("33 101"), "{n}: {screen}");
+        let o = run(with_host(&["logs", &c]), None);
+        assert!(stdout(&o).contains("attached 42"), "{n}: {}", stdout(&o));
+        let (_, e) = d.k.expect(&["attach", &c], false);
+        assert!(
+            e.contains("You cannot attach to a stopped container"),
+            "{e}"
+        );
+    }
 
     let o = run(with_host(&["rm", "-f", &name]), None);
     assert!(o.status.success(), "{}", stderr(&o));

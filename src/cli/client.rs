@@ -184,6 +184,7 @@ pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
         Command::Ps(a) => container::ps(a, Via::Api(&api)),
         Command::Logs(a) => container::logs_cmd(a, Via::Api(&api)),
         Command::Exec(a) => container::exec_cmd(a, Via::Api(&api)),
+        Command::Attach(a) => container::attach(a, Via::Api(&api)),
         Command::Wait(a) => container::wait(a, Via::Api(&api)),
         Command::Inspect(a) => container::inspect(a, Via::Api(&api)),
         Command::Port(a) => container::port(a, Via::Api(&api)),

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::client::{bare, enc, progress_stream_to, ApiClient};
-use super::container::{split_container_path, CpArgs, ExecArgs, RunArgs, StartArgs};
+use super::container::{split_container_path, AttachArgs, CpArgs, ExecArgs, RunArgs, StartArgs};
 use super::container_backend::{ContainerBackend, LogOptions, VolumeBackend};
 use super::Outcome;
 use crate::run::archive::PathStat;
@@ -397,6 +397,32 @@ pub fn start_attached(api: &ApiClient, key: &str, args: &StartArgs) -> anyhow::R
     )?;
     let v: Value = serde_json::from_reader(wait).context("reading the wait result")?;
     Ok(exit_outcome(v["StatusCode"].as_i64().unwrap_or(-1)))
+}
+
+/// `kiln -H … attach`: the attach endpoint on a running container, then its exit code.
+pub fn attach(api: &ApiClient, args: &AttachArgs) -> anyhow::Result<Outcome> {
+    let doc = api.inspect(&args.container)?;
+    if doc["State"]["Running"].as_bool() != Some(true) {
+        bail!("You cannot attach to a stopped container, start it first");
+    }
+    let tty = doc["Config"]["Tty"].as_bool().unwrap_or(false);
+    let stdin = !args.no_stdin && doc["Config"]["OpenStdin"].as_bool().unwrap_or(false);
+    let id = doc["Id"].as_str().unwrap_or(&args.container).to_string();
+    let q = format!(
+        "/containers/{id}/attach?stream=1&stdout=1&stderr=1{}",
+        if stdin { "&stdin=1" } else { "" }
+    );
+    let (reader, writer) = api.hijack(&q, None)?;
+    interact(
+        api,
+        reader,
+        writer,
+        tty,
+        stdin,
+        Some(format!("/containers/{id}/resize")),
+        || Ok(()),
+    )?;
+    Ok(exit_outcome(i64::from(api.wait(&id)?)))
 }
 
 /// `kiln -H … exec`: docker's exec create, start (hijacked) and inspect for the code.

@@ -257,6 +257,14 @@ pub struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Do not attach STDIN.
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
 pub struct ContainersArgs {
     #[arg(required = true)]
     pub containers: Vec<String>,
@@ -317,6 +325,8 @@ pub enum ContainerCommand {
     Logs(LogsArgs),
     /// Execute a command in a running container.
     Exec(ExecArgs),
+    /// Attach standard input, output and error to a running container.
+    Attach(AttachArgs),
     /// Block until one or more containers stop, then print their exit codes.
     Wait(ContainersArgs),
     /// Display detailed information on one or more containers.
@@ -357,6 +367,7 @@ pub fn dispatch(cmd: &ContainerCommand, via: Via) -> anyhow::Result<Outcome> {
         ContainerCommand::Ls(a) => ps(a, via),
         ContainerCommand::Logs(a) => logs_cmd(a, via),
         ContainerCommand::Exec(a) => exec_cmd(a, via),
+        ContainerCommand::Attach(a) => attach(a, via),
         ContainerCommand::Wait(a) => wait(a, via),
         ContainerCommand::Inspect(a) => inspect(a, via),
         ContainerCommand::Port(a) => port(a, via),
@@ -900,6 +911,94 @@ pub fn exec_cmd(args: &ExecArgs, via: Via) -> anyhow::Result<Outcome> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `attach`: our terminal joins a running container (its stdin when it was created with
+/// `-i`, through its monitor's attach socket; its output until it stops); the exit code is
+/// the container's.
+pub fn attach(args: &AttachArgs, via: Via) -> anyhow::Result<Outcome> {
+    let root = match via {
+        Via::Local(root) => root,
+        Via::Api(api) => return super::client_containers::attach(api, args),
+    };
+    let c = find(root, &args.container)?;
+    if !monitor::settle(root, &c)?.is_running() {
+        bail!("You cannot attach to a stopped container, start it first");
+    }
+    let tty = c.config.tty;
+    let stdin = !args.no_stdin && c.config.open_stdin;
+    // Only -i and -t containers have an attach socket; the others are followed in the log.
+    let socket = if stdin || tty {
+        let mut s = crate::run::attach::connect(&c)
+            .with_context(|| format!("cannot reach the monitor of container {}", c.short_id()))?;
+        s.write_all(if stdin {
+            b"attach stdin\n"
+        } else {
+            b"attach\n"
+        })?;
+        Some(s)
+    } else {
+        None
+    };
+    let _raw = if tty && stdin {
+        RawMode::enter(0)
+    } else {
+        None
+    };
+    if let (true, Some(s)) = (stdin, &socket) {
+        let mut to = s.try_clone()?;
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+    match socket {
+        Some(mut s) if tty => {
+            let c2 = c.clone();
+            std::thread::spawn(move || {
+                let mut last = None;
+                loop {
+                    let size = exec::terminal_size(0);
+                    if size.is_some() && size != last {
+                        if let Some((rows, cols)) = size {
+                            if crate::run::attach::resize(&c2, rows, cols).is_err() {
+                                return;
+                            }
+                        }
+                        last = size;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            });
+            let mut out = std::io::stdout();
+            let mut buf = [0u8; 32 * 1024];
+            loop {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        out.write_all(&buf[..n])?;
+                        out.flush()?;
+                    }
+                }
+            }
+        }
+        _ => {
+            let path = c.log_path();
+            let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let c2 = c.clone();
+            crate::run::logs::follow(
+                &path,
+                offset,
+                crate::run::logs::Show { timestamps: false },
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+                &move || !c2.monitor_alive(),
+            )?;
+        }
+    }
+    let code = crate::run::container::wait(root, &c)?;
+    drop(_raw);
+    Ok(exit(code))
 }
 
 /// docker's `inspect` document for a container (or an image of that name, as docker).

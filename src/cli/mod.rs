@@ -125,6 +125,8 @@ pub enum Command {
     Logs(container::LogsArgs),
     /// Execute a command in a running container.
     Exec(container::ExecArgs),
+    /// Attach standard input, output and error to a running container.
+    Attach(container::AttachArgs),
     /// Block until one or more containers stop, then print their exit codes.
     Wait(container::ContainersArgs),
     /// Display detailed information on one or more containers.
@@ -260,6 +262,7 @@ fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Ps(a) => container::ps(a, container::Via::Local(&cli.root)),
         Command::Logs(a) => container::logs_cmd(a, container::Via::Local(&cli.root)),
         Command::Exec(a) => container::exec_cmd(a, container::Via::Local(&cli.root)),
+        Command::Attach(a) => container::attach(a, container::Via::Local(&cli.root)),
         Command::Wait(a) => container::wait(a, container::Via::Local(&cli.root)),
         Command::Inspect(a) => container::inspect(a, container::Via::Local(&cli.root)),
         Command::Port(a) => container::port(a, container::Via::Local(&cli.root)),
