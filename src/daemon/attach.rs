@@ -16,7 +16,7 @@ use hyper::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::containers::{find, Discard, MuxWriter};
+use super::containers::{find, output_writer};
 use super::http::{self, ApiError, ApiResult, Chunk, Query};
 use super::{blocking, State};
 use crate::run::state::Container;
@@ -234,16 +234,7 @@ fn follow_log(
     tx: mpsc::Sender<Chunk>,
 ) {
     use std::io::Write as _;
-    let writer = |wanted: bool, stream: u8| -> Box<dyn std::io::Write> {
-        if wanted {
-            Box::new(MuxWriter {
-                tx: tx.clone(),
-                stream: (!tty).then_some(stream),
-            })
-        } else {
-            Box::new(Discard)
-        }
-    };
+    let writer = |wanted: bool, stream: u8| output_writer(&tx, wanted, tty, stream);
     let (mut out, mut err) = (writer(want_out, 1), writer(want_err, 2));
     let done = || tx.is_closed() || ran_and_stopped(root, c, started_before);
     // The log is opened once and kept open: a --rm container's directory (and log) may be

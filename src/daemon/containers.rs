@@ -557,6 +557,24 @@ impl std::io::Write for MuxWriter {
     }
 }
 
+/// The writer for one output stream of a container: framed into `tx` when the client asked
+/// for it (raw for a tty), dropped otherwise.
+pub(super) fn output_writer(
+    tx: &tokio::sync::mpsc::Sender<super::http::Chunk>,
+    wanted: bool,
+    tty: bool,
+    stream: u8,
+) -> Box<dyn std::io::Write + Send> {
+    if wanted {
+        Box::new(MuxWriter {
+            tx: tx.clone(),
+            stream: (!tty).then_some(stream),
+        })
+    } else {
+        Box::new(Discard)
+    }
+}
+
 /// A writer that drops everything (a stream the client did not ask for).
 pub(super) struct Discard;
 
@@ -602,17 +620,10 @@ pub async fn logs(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     });
     let root = state.engine.root.clone();
     tokio::task::spawn_blocking(move || {
-        let writer = |wanted: bool, stream: u8| -> Box<dyn std::io::Write> {
-            if wanted {
-                Box::new(MuxWriter {
-                    tx: tx.clone(),
-                    stream: (!tty).then_some(stream),
-                })
-            } else {
-                Box::new(Discard)
-            }
-        };
-        let (mut out, mut err) = (writer(want_out, 1), writer(want_err, 2));
+        let (mut out, mut err) = (
+            output_writer(&tx, want_out, tty, 1),
+            output_writer(&tx, want_err, tty, 2),
+        );
         let path = c.log_path();
         let result =
             crate::run::logs::print(&path, tail, show, &mut *out, &mut *err).and_then(|offset| {

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::attach::{hijacked, size, split_upgraded};
-use super::containers::{find, Discard, MuxWriter};
+use super::containers::{find, output_writer};
 use super::http::{self, ApiError, ApiResult, Chunk, Query};
 use super::{blocking, State};
 use crate::executor::sandbox::{self, CancelToken, Stream};
@@ -298,16 +298,7 @@ fn run(
         None => (None, None),
     };
     let b = &r.body;
-    let writer = |wanted: bool, stream: u8| -> Box<dyn std::io::Write + Send> {
-        if wanted {
-            Box::new(MuxWriter {
-                tx: tx.clone(),
-                stream: (!tty).then_some(stream),
-            })
-        } else {
-            Box::new(Discard)
-        }
-    };
+    let writer = |wanted: bool, stream: u8| output_writer(&tx, wanted, tty, stream);
     let (mut out, mut err) = (writer(b.attach_stdout, 1), writer(b.attach_stderr, 2));
     let opts = ExecOptions {
         cmd: b.cmd.clone().unwrap_or_default(),
