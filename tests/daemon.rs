@@ -1341,3 +1341,33 @@ fn docker_run_and_exec_with_a_terminal() {
     assert!(d.container_dirs().is_empty(), "{:?}", d.container_dirs());
     assert!(d.monitors().is_empty(), "{:?}", d.monitors());
 }
+
+#[test]
+fn daemon_stops_while_an_exec_runs() {
+    let mut d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("ks{}", std::process::id() % 100_000);
+    d.docker(&["run", "-d", "--name", &name, base, "sleep", "300"]);
+    let mut exec = d.docker_cmd(&["exec", &name, "sleep", "100"]);
+    exec.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut exec = exec.spawn().expect("docker exec");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps = d.docker(&[
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do cat $p/cmdline; echo; done",
+        ]);
+        if ps.contains("sleep\u{0}100") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the exec did not start:\n{ps}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let _ = exec.kill();
+    let _ = exec.wait();
+}
