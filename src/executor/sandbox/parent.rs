@@ -241,8 +241,8 @@ enum Event {
     /// The container process exec'd its command (or died trying: its failure report, if
     /// any, came before this).
     Execed,
-    /// The master side of the container's pty.
-    Console(std::fs::File),
+    /// The master side of the container's pty (None: it never came).
+    Console(Option<std::fs::File>),
     /// A reader is done (`true`: the report reader).
     Closed(bool),
 }
@@ -531,9 +531,7 @@ pub(super) fn run(
     if let Some(sock) = console {
         let tx = tx.clone();
         threads.push(std::thread::spawn(move || {
-            if let Some(master) = receive_fd(&sock) {
-                let _ = tx.send(Event::Console(master));
-            }
+            let _ = tx.send(Event::Console(receive_fd(&sock)));
             let _ = tx.send(Event::Closed(false));
         }));
     }
@@ -552,20 +550,18 @@ pub(super) fn run(
     let mut garbled = Vec::new();
     let mut started = None;
     let mut console_master = None;
+    let mut console_waiting = config.container.console.is_some();
+    let (mut execed, mut notified) = (false, false);
     while open > 0 || (reports_open && exited.is_none()) {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
             Ok(Event::Report(Report::Created { path })) => created.push(path),
             Ok(Event::Report(Report::Started { pid })) => started = Some(pid),
-            Ok(Event::Console(master)) => console_master = Some(master),
-            Ok(Event::Execed) => {
-                if let (Some(pid), None) = (started, &failure) {
-                    on_started(Started {
-                        pid,
-                        console: console_master.take(),
-                    });
-                }
+            Ok(Event::Console(master)) => {
+                console_master = master;
+                console_waiting = false;
             }
+            Ok(Event::Execed) => execed = true,
             Ok(Event::Report(Report::Failed { failure: f })) => failure = Some(f),
             Ok(Event::Report(Report::Exited { code, signal })) => exited = Some((code, signal)),
             Ok(Event::Garbled(line)) => garbled.push(line),
@@ -573,6 +569,17 @@ pub(super) fn run(
             Ok(Event::Closed(false)) => open -= 1,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        // Started once the command runs and, with a pty, its master came (the two arrive
+        // from different threads, in either order).
+        if execed && !console_waiting && !notified {
+            notified = true;
+            if let (Some(pid), None) = (started, &failure) {
+                on_started(Started {
+                    pid,
+                    console: console_master.take(),
+                });
+            }
         }
         if !cancelled && cancel.is_cancelled() {
             cancelled = true;
