@@ -179,7 +179,10 @@ pub async fn resize(state: &Arc<State>, id: &str, query: &Query) -> ApiResult {
     let s = lock(&r.run);
     let Some(master) = s.master.as_ref() else {
         return Err(ApiError::conflict(if r.body.tty {
-            format!("exec {id} is not running")
+            match s.exit_code {
+                Some(code) => format!("exec {id} has exited (exit code {code})"),
+                None => format!("exec {id} is not running yet"),
+            }
         } else {
             format!("exec {id} has no terminal (created without Tty)")
         }));
@@ -362,6 +365,7 @@ fn run(
         Ok(match outcome {
             Ok(o) => o.exit_code,
             Err(e) => {
+                tracing::warn!("exec {} in {}: {e}", r.id, c.short_id());
                 let code = crate::run::exec::failure_code(&e);
                 let _ = writeln!(err, "{e}");
                 code
@@ -369,6 +373,7 @@ fn run(
         })
     })();
     let code = result.unwrap_or_else(|e| {
+        tracing::warn!("exec {} in {}: {e}", r.id, c.short_id());
         let _ = writeln!(err, "{e}");
         126
     });
