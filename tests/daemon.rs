@@ -1188,6 +1188,29 @@ fn docker_exec_runs_commands_in_a_running_container() {
     assert_eq!(d.docker(&["exec", &name, "echo", "hi"]), "hi\n");
     let (code, out, err) = d.docker_with_input(&["exec", &name, "sh", "-c", "exit 3"], "");
     assert_eq!(code, Some(3), "stdout: {out}\nstderr: {err}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let events = d.docker(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &(now + 1).to_string(),
+        "--filter",
+        &format!("container={name}"),
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.exitCode}}",
+    ]);
+    for want in [
+        "exec_create: echo hi",
+        "exec_start: echo hi",
+        "exec_die 0",
+        "exec_die 3",
+    ] {
+        assert!(events.contains(want), "{want} not in:\n{events}");
+    }
     let (code, out, err) =
         d.docker_with_input(&["exec", &name, "sh", "-c", "echo out; echo err >&2"], "");
     assert_eq!(
