@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # busybox-static: the tests' base image; skopeo, umoci: interop checks; git: ADD of git repos;
-# iptables, iproute2, util-linux (nsenter): networks; docker-registry (Distribution) and
+# iptables, iproute2, util-linux (nsenter: networks; script: ptys for docker run -it); docker-registry (Distribution) and
 # apache2-utils (htpasswd): the registry tests.
 packages=(build-essential python3 busybox-static skopeo umoci git iptables iproute2 util-linux docker-registry apache2-utils)
 missing=()
