@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # busybox-static: the tests' base image; skopeo, umoci: interop checks; git: ADD of git repos;
-# iptables, iproute2, util-linux (nsenter): networks; docker-registry (Distribution) and
-# apache2-utils (htpasswd), openssl (the token server's key and certificate): the registry tests.
+# iptables, iproute2, util-linux (nsenter: networks; script: ptys for run -it tests);
+# docker-registry (Distribution), apache2-utils (htpasswd) and openssl (the token server's key
+# and certificate): the registry tests.
 packages=(build-essential python3 busybox-static skopeo umoci git iptables iproute2 util-linux docker-registry apache2-utils openssl)
 missing=()
 for p in "${packages[@]}"; do

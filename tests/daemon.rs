@@ -1227,13 +1227,46 @@ fn wait_output(mut child: Child, what: &str) -> Output {
 
 #[test]
 fn docker_exec_runs_commands_in_a_running_container() {
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let base = d.k.busybox();
     let name = format!("ke{}", std::process::id() % 100_000);
-    d.docker(&["run", "-d", "--name", &name, base, "sleep", "300"]);
+    d.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        base,
+        "sleep",
+        "300",
+    ]);
     assert_eq!(d.docker(&["exec", &name, "echo", "hi"]), "hi\n");
     let (code, out, err) = d.docker_with_input(&["exec", &name, "sh", "-c", "exit 3"], "");
     assert_eq!(code, Some(3), "stdout: {out}\nstderr: {err}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let events = d.docker(&[
+        "events",
+        "--since",
+        "0",
+        "--until",
+        &(now + 1).to_string(),
+        "--filter",
+        &format!("container={name}"),
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.exitCode}}",
+    ]);
+    for want in [
+        "exec_create: echo hi",
+        "exec_start: echo hi",
+        "exec_die 0",
+        "exec_die 3",
+    ] {
+        assert!(events.contains(want), "{want} not in:\n{events}");
+    }
     let (code, out, err) =
         d.docker_with_input(&["exec", &name, "sh", "-c", "echo out; echo err >&2"], "");
     assert_eq!(
@@ -1290,7 +1323,11 @@ fn docker_exec_runs_commands_in_a_running_container() {
         if status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "exec resize: {status} {out}");
+        if Instant::now() > deadline {
+            let (_, inspect) = d.curl("GET", &format!("/exec/{exec_id}/json"), None);
+            let (_, err) = d.stop();
+            panic!("exec resize: {status} {out}\n{inspect}\ndaemon:\n{err}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     d.docker(&["exec", &name, "sh", "-c", "> /go"]);
@@ -1329,10 +1366,23 @@ fn docker_exec_runs_commands_in_a_running_container() {
 fn docker_run_interactive_feeds_stdin_and_closes_it() {
     let d = Daemon::start();
     let base = d.k.busybox();
-    let (code, out, err) = d.docker_with_input(&["run", "-i", "--rm", base, "cat"], "hi\n");
+    let (code, out, err) = d.docker_with_input(
+        &["run", "-i", "--rm", "--network", "none", base, "cat"],
+        "hi\n",
+    );
     assert_eq!((code, out.as_str()), (Some(0), "hi\n"), "stderr: {err}");
     let (code, out, err) = d.docker_with_input(
-        &["run", "-i", "--rm", base, "sh", "-c", "wc -l; exit 4"],
+        &[
+            "run",
+            "-i",
+            "--rm",
+            "--network",
+            "none",
+            base,
+            "sh",
+            "-c",
+            "wc -l; exit 4",
+        ],
         "a\nb\nc\n",
     );
     assert_eq!((code, out.trim()), (Some(4), "3"), "stderr: {err}");
@@ -1347,7 +1397,7 @@ fn docker_run_and_exec_with_a_terminal() {
     let base = d.k.busybox();
     // docker run -it: a pty of the terminal's size, typed input, the shell's exit code.
     let (code, screen) = d.under_pty(
-        &format!("run -it --rm {base} sh"),
+        &format!("run -it --rm --network none {base} sh"),
         "tty; stty size; echo $((6*7)); exit 7\n",
     );
     assert_eq!(code, Some(7), "{screen}");
@@ -1359,7 +1409,16 @@ fn docker_run_and_exec_with_a_terminal() {
 
     // A detached -it container: resize, exec -it, attach; its output is logged.
     let name = format!("kt{}", std::process::id() % 100_000);
-    d.docker(&["run", "-dit", "--name", &name, base, "sh"]);
+    d.docker(&[
+        "run",
+        "-dit",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        base,
+        "sh",
+    ]);
     let (status, body) = d.curl(
         "POST",
         &format!("/containers/{name}/resize?h=50&w=120"),
@@ -1396,4 +1455,44 @@ fn docker_run_and_exec_with_a_terminal() {
     d.docker(&["rm", &name]);
     assert!(d.container_dirs().is_empty(), "{:?}", d.container_dirs());
     assert!(d.monitors().is_empty(), "{:?}", d.monitors());
+}
+
+#[test]
+fn daemon_stops_while_an_exec_runs() {
+    let mut d = Daemon::start();
+    let base = d.k.busybox();
+    let name = format!("ks{}", std::process::id() % 100_000);
+    d.docker(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        base,
+        "sleep",
+        "300",
+    ]);
+    let mut exec = d.docker_cmd(&["exec", &name, "sleep", "100"]);
+    exec.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut exec = exec.spawn().expect("docker exec");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps = d.docker(&[
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "for p in /proc/[0-9]*; do cat $p/cmdline; echo; done",
+        ]);
+        if ps.contains("sleep\u{0}100") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the exec did not start:\n{ps}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, err) = d.stop();
+    assert!(status.success(), "{err}");
+    let _ = exec.kill();
+    let _ = exec.wait();
 }

@@ -183,7 +183,7 @@ pub async fn wait(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     let (tx, resp) = super::http::stream("application/json");
     let root = state.engine.root.clone();
     tokio::task::spawn_blocking(move || {
-        let code = wait_for(&root, &c, &condition);
+        let code = wait_for(&root, &c, &condition, &|| tx.is_closed());
         let body = match code {
             Ok(code) => json!({"StatusCode": code, "Error": null}),
             Err(e) => json!({"StatusCode": -1, "Error": {"Message": e.to_string()}}),
@@ -195,21 +195,40 @@ pub async fn wait(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     Ok(resp)
 }
 
-/// Blocks until `condition` holds; the exit code then.
-fn wait_for(root: &std::path::Path, c: &Container, condition: &str) -> crate::run::Result<i32> {
+/// Blocks until `condition` holds (the exit code then) or the client left (`gone`: polled,
+/// so a waiter that left holds no thread or lock file).
+fn wait_for(
+    root: &std::path::Path,
+    c: &Container,
+    condition: &str,
+    gone: &dyn Fn() -> bool,
+) -> crate::run::Result<i32> {
     if condition == "not-running" {
-        return lifecycle::wait(root, c);
+        loop {
+            let s = match crate::run::monitor::settle(root, c) {
+                Ok(s) => s,
+                // Removed (--rm) while we waited: the exit code it left.
+                Err(e) => return crate::run::state::removed_exit(root, c.id()).ok_or(e),
+            };
+            if !s.is_running() || gone() {
+                return Ok(s.exit_code);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     let started_before = c.state()?.started_at;
     let mut last = 0;
     loop {
+        if gone() {
+            return Ok(last);
+        }
         // Gone (a --rm container removed itself): the exit code it left.
-        let gone = || crate::run::state::removed_exit(root, c.id()).unwrap_or(last);
+        let removed = || crate::run::state::removed_exit(root, c.id()).unwrap_or(last);
         if !c.dir.exists() {
-            return Ok(gone());
+            return Ok(removed());
         }
         let Ok(s) = crate::run::monitor::settle(root, c) else {
-            return Ok(gone());
+            return Ok(removed());
         };
         last = s.exit_code;
         if !s.is_running() && s.started_at != started_before && condition == "next-exit" {

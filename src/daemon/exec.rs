@@ -112,6 +112,24 @@ impl Execs {
     }
 }
 
+/// docker's exec events: `exec_create: CMD`, `exec_start: CMD`, `exec_die` (with exitCode).
+fn publish(state: &State, r: &ExecRecord, action: &str, exit_code: Option<i32>) {
+    let cmd = r.body.cmd.clone().unwrap_or_default().join(" ");
+    let c = &r.container;
+    let action = match exit_code {
+        Some(_) => action.to_string(),
+        None => format!("{action}: {cmd}"),
+    };
+    let mut e = crate::engine::events::Event::new("container", &action, c.id())
+        .with("name", &c.config.name)
+        .with("image", &c.config.image)
+        .with("execID", &r.id);
+    if let Some(code) = exit_code {
+        e = e.with("exitCode", &code.to_string());
+    }
+    state.engine.events.publish(e);
+}
+
 fn not_running(c: &Container) -> ApiError {
     ApiError::conflict(format!("container {} is not running", c.id()))
 }
@@ -136,12 +154,14 @@ pub async fn create(
     })
     .await?;
     let id = crate::run::state::new_id();
-    state.execs.insert(Arc::new(ExecRecord {
+    let r = Arc::new(ExecRecord {
         id: id.clone(),
         container: c,
         body,
         run: Mutex::new(ExecState::default()),
-    }));
+    });
+    publish(state, &r, "exec_create", None);
+    state.execs.insert(r);
     Ok(http::json_status(StatusCode::CREATED, &json!({ "Id": id })))
 }
 
@@ -179,7 +199,10 @@ pub async fn resize(state: &Arc<State>, id: &str, query: &Query) -> ApiResult {
     let s = lock(&r.run);
     let Some(master) = s.master.as_ref() else {
         return Err(ApiError::conflict(if r.body.tty {
-            format!("exec {id} is not running")
+            match s.exit_code {
+                Some(code) => format!("exec {id} has exited (exit code {code})"),
+                None => format!("exec {id} is not running yet"),
+            }
         } else {
             format!("exec {id} has no terminal (created without Tty)")
         }));
@@ -199,6 +222,9 @@ pub async fn start(
     let upgrade = hyper::upgrade::on(&mut req);
     let body: Option<StartBody> = http::read_json(req).await?;
     let body = body.unwrap_or_default();
+    if running_pid(&r.container).is_err() {
+        return Err(not_running(&r.container));
+    }
     {
         let mut s = lock(&r.run);
         if s.started {
@@ -208,20 +234,19 @@ pub async fn start(
         }
         s.started = true;
     }
-    if running_pid(&r.container).is_err() {
-        return Err(not_running(&r.container));
-    }
+    publish(state, &r, "exec_start", None);
     let tty = r.body.tty || body.tty;
     let size = console_size(body.console_size)
         .or(console_size(r.body.console_size))
         .unwrap_or((24, 80));
-    let root = state.engine.root.clone();
     if body.detach {
         let (tx, _rx) = mpsc::channel::<Chunk>(1);
         drop(_rx);
-        tokio::task::spawn_blocking(move || run(&root, &r, tty, size, None, tx));
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || run(&st, &r, tty, size, None, tx));
         return http::no_content(StatusCode::OK);
     }
+    let st = state.clone();
     tokio::spawn(async move {
         let Some((mut rd, tx, writer)) = split_upgraded(upgrade).await else {
             lock(&r.run).exit_code = Some(126);
@@ -255,7 +280,7 @@ pub async fn start(
         let r2 = Arc::clone(&r);
         let _ = tokio::task::spawn_blocking(move || {
             run(
-                &root,
+                &st,
                 &r2,
                 tty,
                 size,
@@ -286,7 +311,7 @@ struct Stdio {
 /// Runs the exec to its end; its output goes to `tx` (dropped once the exit code is
 /// recorded, which ends the client's stream).
 fn run(
-    root: &std::path::Path,
+    state: &State,
     r: &ExecRecord,
     tty: bool,
     size: (u16, u16),
@@ -308,7 +333,7 @@ fn run(
     };
     let c = &r.container;
     let result = (|| -> crate::run::Result<i32> {
-        let snapshots = crate::run::rootfs::open_snapshots(root)?;
+        let snapshots = crate::run::rootfs::open_snapshots(&state.engine.root)?;
         let pid = running_pid(c)?;
         let mut config = join_config(snapshots.as_ref(), c, pid, &opts, pipe, tty.then_some(size))?;
         if b.privileged {
@@ -353,6 +378,7 @@ fn run(
         Ok(match outcome {
             Ok(o) => o.exit_code,
             Err(e) => {
+                tracing::warn!("exec {} in {}: {e}", r.id, c.short_id());
                 let code = crate::run::exec::failure_code(&e);
                 let _ = writeln!(err, "{e}");
                 code
@@ -360,6 +386,7 @@ fn run(
         })
     })();
     let code = result.unwrap_or_else(|e| {
+        tracing::warn!("exec {} in {}: {e}", r.id, c.short_id());
         let _ = writeln!(err, "{e}");
         126
     });
@@ -370,6 +397,7 @@ fn run(
     st.exit_code = Some(code);
     st.finished = FINISHED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     drop(st);
+    publish(state, r, "exec_die", Some(code));
     drop(out);
     drop(err);
     drop(tx);

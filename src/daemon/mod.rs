@@ -100,7 +100,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .thread_name("kiln-daemon")
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(serve(config, engine))
+    let result = runtime.block_on(serve(config, engine));
+    // Blocking work still going (an exec's process, a log follower) is not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 async fn serve(config: Config, engine: Engine) -> Result<(), DaemonError> {

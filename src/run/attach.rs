@@ -32,6 +32,8 @@ pub const SOCKET: &str = "attach.sock";
 pub const MAX_BACKLOG: usize = 1 << 20;
 /// The longest opening line a client may send.
 const MAX_HEADER: usize = 64;
+/// How long a client may take to send its opening line, or to take a piece of tty output.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where a container's attach socket is.
 pub fn socket_path(c: &Container) -> PathBuf {
@@ -265,7 +267,11 @@ fn header(s: &mut UnixStream) -> Option<String> {
 }
 
 fn serve(shared: &Shared, mut s: UnixStream) {
+    // A client that says nothing, or stops reading tty output, is let go.
+    let _ = s.set_read_timeout(Some(CLIENT_TIMEOUT));
     let Some(line) = header(&mut s) else { return };
+    let _ = s.set_read_timeout(None);
+    let _ = s.set_write_timeout(Some(CLIENT_TIMEOUT));
     let words: Vec<&str> = line.split_whitespace().collect();
     match words.as_slice() {
         ["resize", rows, cols] => {

@@ -9,7 +9,9 @@
 //! [`crate::executor::sandbox`]. A [`monitor`] (the CLI itself for attached runs, a re-exec'd
 //! `kiln __monitor` for detached ones) supervises each run: it holds `running.lock` for as
 //! long as the container runs, writes the logs, records the exit and OOM kills, applies the
-//! restart policy and runs health checks. A crashed monitor releases the lock and takes the
+//! restart policy and runs health checks; a detached container with `-i` or `-t` has its
+//! stdin pipe or pty master held by its monitor and reached through [`attach`]'s socket
+//! (docker attach/resize through the daemon). A crashed monitor releases the lock and takes the
 //! container down with it (parent-death signals), so [`state::Container::state`] always
 //! reports the truth: a "running" state without a lock holder is an exit (255).
 

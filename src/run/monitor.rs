@@ -6,7 +6,9 @@
 //! [`Attach`]): no extra process on the hot path. Detached containers get their own monitor,
 //! `kiln __monitor ROOT ID FD` ([`spawn`]): a fresh exec of kiln (never a fork of the
 //! multi-threaded CLI) in its own session, which reports the first start on the pipe `FD` and
-//! then lives as long as the container. It holds `running.lock` while the container runs.
+//! then lives as long as the container. It holds `running.lock` while the container runs, and
+//! for a container with `-i`/`-t` serves [`super::attach`]'s socket (stdin, tty output,
+//! resize) from before the first start; it exits with the container's last exit code.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};

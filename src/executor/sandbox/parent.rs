@@ -241,8 +241,8 @@ enum Event {
     /// The container process exec'd its command (or died trying: its failure report, if
     /// any, came before this).
     Execed,
-    /// The master side of the container's pty.
-    Console(std::fs::File),
+    /// The master side of the container's pty (None: it never came).
+    Console(Option<std::fs::File>),
     /// A reader is done (`true`: the report reader).
     Closed(bool),
 }
@@ -531,9 +531,7 @@ pub(super) fn run(
     if let Some(sock) = console {
         let tx = tx.clone();
         threads.push(std::thread::spawn(move || {
-            if let Some(master) = receive_fd(&sock) {
-                let _ = tx.send(Event::Console(master));
-            }
+            let _ = tx.send(Event::Console(receive_fd(&sock)));
             let _ = tx.send(Event::Closed(false));
         }));
     }
@@ -551,30 +549,18 @@ pub(super) fn run(
     let mut exited = None;
     let mut garbled = Vec::new();
     let mut started = None;
-    let mut execed = false;
-    let mut announced = false;
     let mut console_master = None;
-    // The start is announced once both the PID and the execve are known, in whatever order
-    // they arrive; a process that exits at once may even be reported after its exit.
-    let mut announce = |started: Option<i32>,
-                        execed: bool,
-                        failed: bool,
-                        console: &mut Option<_>,
-                        announced: &mut bool| {
-        if let (Some(pid), true, false, false) = (started, execed, failed, *announced) {
-            *announced = true;
-            on_started(Started {
-                pid,
-                console: console.take(),
-            });
-        }
-    };
+    let mut console_waiting = config.container.console.is_some();
+    let (mut execed, mut notified) = (false, false);
     while open > 0 || (reports_open && exited.is_none()) {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
             Ok(Event::Report(Report::Created { path })) => created.push(path),
             Ok(Event::Report(Report::Started { pid })) => started = Some(pid),
-            Ok(Event::Console(master)) => console_master = Some(master),
+            Ok(Event::Console(master)) => {
+                console_master = master;
+                console_waiting = false;
+            }
             Ok(Event::Execed) => execed = true,
             Ok(Event::Report(Report::Failed { failure: f })) => failure = Some(f),
             Ok(Event::Report(Report::Exited { code, signal })) => exited = Some((code, signal)),
@@ -584,13 +570,17 @@ pub(super) fn run(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        announce(
-            started,
-            execed,
-            failure.is_some(),
-            &mut console_master,
-            &mut announced,
-        );
+        // Started once the command runs and, with a pty, its master came (the two arrive
+        // from different threads, in either order).
+        if execed && !console_waiting && !notified {
+            notified = true;
+            if let (Some(pid), None) = (started, &failure) {
+                on_started(Started {
+                    pid,
+                    console: console_master.take(),
+                });
+            }
+        }
         if !cancelled && cancel.is_cancelled() {
             cancelled = true;
             tracing::debug!(pid = helper_pid.as_raw(), "cancelling sandbox");
@@ -602,14 +592,15 @@ pub(super) fn run(
         }
     }
     // An exit report without a setup failure means the execve happened, even when the
-    // exec pipe's EOF is still on its way.
-    announce(
-        started,
-        execed || exited.is_some(),
-        failure.is_some() || cancelled,
-        &mut console_master,
-        &mut announced,
-    );
+    // exec pipe's EOF is still on its way (a command that exits at once).
+    if !notified && exited.is_some() && !cancelled {
+        if let (Some(pid), None) = (started, &failure) {
+            on_started(Started {
+                pid,
+                console: console_master.take(),
+            });
+        }
+    }
     for t in threads {
         let _ = t.join();
     }
