@@ -1291,6 +1291,22 @@ fn docker_exec_runs_commands_in_a_running_container() {
         "echo $GREETING $(pwd) $(id -u)",
     ]);
     assert_eq!(out, "hey /bin 65534\n");
+    // --privileged: every capability the host has, more than the default set.
+    let caps = |privileged: bool| {
+        let mut args = vec!["exec"];
+        if privileged {
+            args.push("--privileged");
+        }
+        args.extend([name.as_str(), "sh", "-c", "grep CapEff /proc/self/status"]);
+        let out = d.docker(&args);
+        let hex = out.split_whitespace().last().unwrap_or("").to_string();
+        u64::from_str_radix(&hex, 16).unwrap_or_else(|_| panic!("CapEff in {out:?}"))
+    };
+    let (default, privileged) = (caps(false), caps(true));
+    assert!(
+        privileged & default == default && privileged.count_ones() > default.count_ones(),
+        "default {default:x}, privileged {privileged:x}"
+    );
     // -d: runs on its own.
     d.docker(&["exec", "-d", &name, "sh", "-c", "echo detached > /detached"]);
     let deadline = Instant::now() + Duration::from_secs(10);
