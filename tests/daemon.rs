@@ -655,7 +655,10 @@ fn kiln_client_mode_goes_through_the_api() {
 
     // Networks through the API print what in-process commands print.
     let net = format!("kc{}", std::process::id() % 100_000);
-    let out = client(&["network", "create", "--subnet", "10.213.7.0/24", &net]);
+    // A subnet of this test process's own (parallel runs of the suite must not overlap).
+    let pid = std::process::id();
+    let subnet = format!("10.213.{}.0/24", pid % 250);
+    let out = client(&["network", "create", "--subnet", &subnet, &net]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = stdout(&out).trim().to_string();
     assert_eq!(id.len(), 64, "{id}");
