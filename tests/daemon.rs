@@ -546,8 +546,29 @@ fn tcp_needs_mutual_tls_unless_loopback_and_insecure() {
         .env("KILN_CERT_PATH", &certs)
         .args(["-H", &format!("tcp://{addr}"), "images", "-q"]);
     let via_kiln = run(client, None);
+    // A hijacked connection (stdin in, output out, half-close) over mutual TLS.
+    let base = k.busybox();
+    let mut client = kiln(k.root.path());
+    client.env("KILN_CERT_PATH", &certs).args([
+        "-H",
+        &format!("tcp://{addr}"),
+        "run",
+        "-i",
+        "--rm",
+        "--network",
+        "none",
+        base,
+        "cat",
+    ]);
+    let interactive = run(client, Some("over tls\n"));
     let _ = child.kill();
     let _ = child.wait();
+    assert_eq!(
+        stdout(&interactive),
+        "over tls\n",
+        "{}",
+        stderr(&interactive)
+    );
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "OK", "{ok:?}");
     assert!(
         !refused.status.success(),

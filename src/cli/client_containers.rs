@@ -58,26 +58,29 @@ impl ApiClient {
         Ok(created["Id"].as_str().unwrap_or_default().to_string())
     }
 
-    /// Opens a raw connection to the daemon (hijacking needs the socket itself).
+    /// Opens a raw connection to the daemon (hijacking needs the socket itself); a TLS host
+    /// is reached through [`tls_bridge`].
     fn connect_raw(&self) -> anyhow::Result<Conn> {
+        let unreachable = || format!("cannot reach the kiln daemon at {}", self.host);
         if let Some(path) = self.host.strip_prefix("unix://") {
-            let s = std::os::unix::net::UnixStream::connect(path)
-                .with_context(|| format!("cannot reach the kiln daemon at {}", self.host))?;
+            let s = std::os::unix::net::UnixStream::connect(path).with_context(unreachable)?;
             return Ok(Conn::Unix(s));
-        }
-        if self.base.starts_with("https://") {
-            bail!(
-                "interactive commands (run, start -a, exec) need a Unix socket or plain TCP \
-                 host; TLS hosts are not supported for them yet"
-            );
         }
         let addr = self
             .host
             .strip_prefix("tcp://")
             .unwrap_or(&self.host)
             .trim_end_matches('/');
-        let s = std::net::TcpStream::connect(addr)
-            .with_context(|| format!("cannot reach the kiln daemon at {}", self.host))?;
+        if self.base.starts_with("https://") {
+            let certs = std::env::var_os("KILN_CERT_PATH")
+                .or_else(|| std::env::var_os("DOCKER_CERT_PATH"))
+                .map(std::path::PathBuf::from)
+                .context("a TLS host needs KILN_CERT_PATH or DOCKER_CERT_PATH")?;
+            return Ok(Conn::Unix(
+                tls_bridge(addr, &certs).with_context(unreachable)?,
+            ));
+        }
+        let s = std::net::TcpStream::connect(addr).with_context(unreachable)?;
         Ok(Conn::Tcp(s))
     }
 
@@ -139,6 +142,80 @@ impl ApiClient {
         let doc = self.inspect(key)?;
         Ok(doc["Config"]["Tty"].as_bool().unwrap_or(false))
     }
+}
+
+/// A mutual-TLS connection to the daemon at `addr` (client certificate and CA from
+/// `certs`: `ca.pem`, `cert.pem`, `key.pem`) as one end of a local socket pair. A thread
+/// runs the TLS stream (tokio-rustls) and copies both ways, so the hijacked connection can be
+/// read and written from two threads and half-closed (`close_notify`) like a plain socket.
+fn tls_bridge(addr: &str, certs: &Path) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let file = |name: &str| certs.join(name);
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(file("ca.pem"))
+        .with_context(|| format!("cannot read {}", file("ca.pem").display()))?
+    {
+        roots
+            .add(ca.with_context(|| format!("bad certificate in {}", file("ca.pem").display()))?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(file("cert.pem"))
+        .with_context(|| format!("cannot read {}", file("cert.pem").display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("bad certificate in {}", file("cert.pem").display()))?;
+    let key = PrivateKeyDer::from_pem_file(file("key.pem"))
+        .with_context(|| format!("cannot read {}", file("key.pem").display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("the client certificate and key do not work together")?;
+    let host = match addr.rsplit_once(':') {
+        Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    };
+    let name = ServerName::try_from(host.to_string())
+        .with_context(|| format!("{host:?} is not a host name"))?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
+    let addr = addr.to_string();
+    std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.into()));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let connected = async {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                    .connect(name, tcp)
+                    .await?;
+                theirs.set_nonblocking(true)?;
+                let local = tokio::net::UnixStream::from_std(theirs)?;
+                anyhow::Ok((tls, local))
+            };
+            match connected.await {
+                Ok((mut tls, mut local)) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut local).await;
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+    });
+    ready_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the TLS connection thread ended"))??;
+    Ok(ours)
 }
 
 /// A raw connection to the daemon.
