@@ -628,11 +628,10 @@ fn copy_to(api: &ApiClient, src: &Path, container: &str, path: &str) -> anyhow::
             .context("the source has no file name")?;
         (path.to_string(), name)
     } else {
-        if head.status() == reqwest::StatusCode::NOT_FOUND {
-            // docker: a missing destination is created with the source's contents.
-        } else if !head.status().is_success() {
-            api.send(api.http.head(archive_url(api, container, path)))
-                .map_err(bare)?;
+        // docker: a missing destination is created with the source's contents.
+        let status = head.status();
+        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
+            bail!("Error response from daemon: {status} for {container}:{path}");
         }
         let trimmed = path.trim_end_matches('/');
         let (dir, name) = trimmed.rsplit_once('/').unwrap_or((".", trimmed));
@@ -645,15 +644,27 @@ fn copy_to(api: &ApiClient, src: &Path, container: &str, path: &str) -> anyhow::
             name.to_string(),
         )
     };
-    let mut bytes = Vec::new();
-    crate::run::archive::write_tar_named(src, &name, &mut bytes)?;
-    api.send(
-        api.http
-            .put(archive_url(api, container, &dir))
-            .header("Content-Type", "application/x-tar")
-            .body(bytes),
-    )
-    .map_err(bare)?;
+    // The archive is streamed (a tree may be larger than memory): a thread writes it into
+    // a pipe the request body reads.
+    let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+    let source = src.to_path_buf();
+    let archiver = std::thread::spawn(move || {
+        crate::run::archive::write_tar_named(&source, &name, std::io::BufWriter::new(writer))
+    });
+    let sent = api
+        .send(
+            api.http
+                .put(archive_url(api, container, &dir))
+                .header("Content-Type", "application/x-tar")
+                .body(reqwest::blocking::Body::new(reader)),
+        )
+        .map_err(bare);
+    let archived = archiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("archiving {} failed", src.display()))?;
+    // The daemon's refusal first: it is why a writer would see a broken pipe.
+    sent?;
+    archived.with_context(|| format!("archiving {}", src.display()))?;
     Ok(())
 }
 
