@@ -135,6 +135,23 @@ fn docker_restart_port_cp_and_container_prune() {
         std::fs::read_to_string(h("dir/renamed.txt")).unwrap_or_default(),
         "one\n"
     );
+    // SRC/. copies a directory's contents, through the daemon and in-process alike.
+    std::fs::create_dir_all(host.join("contents")).expect("dir");
+    d.docker(&["cp", &format!("{name}:/etc/dir/."), &h("contents")]);
+    assert!(host.join("contents/sub/deep.txt").exists());
+    assert!(!host.join("contents/dir").exists());
+    std::fs::create_dir_all(host.join("local")).expect("dir");
+    d.k.ok(&["cp", &format!("{name}:/etc/dir/."), &h("local")]);
+    assert!(host.join("local/sub/deep.txt").exists() && !host.join("local/dir").exists());
+    d.k.ok(&["cp", &format!("{}/.", h("dir")), &format!("{name}:/etc/")]);
+    d.k.ok(&["cp", &format!("{name}:/etc/sub/deep.txt"), &h("deep.txt")]);
+    assert_eq!(
+        std::fs::read_to_string(h("deep.txt")).unwrap_or_default(),
+        "deep\n"
+    );
+    let (_, e) =
+        d.k.expect(&["cp", &h("dir"), &format!("{name}:/etc/passwd")], false);
+    assert!(e.contains("cannot copy a directory to a file"), "{e}");
     let (_, e) = d.docker_expect(&["cp", &format!("{name}:/nope"), &h("x")], false);
     assert!(e.contains("Could not find the file /nope"), "{e}");
 

@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::client::{bare, enc, progress_stream_to, ApiClient};
-use super::container::{split_container_path, AttachArgs, CpArgs, ExecArgs, RunArgs, StartArgs};
+use super::container::{AttachArgs, ExecArgs, RunArgs, StartArgs};
 use super::container_backend::{ContainerBackend, LogOptions, VolumeBackend};
 use super::Outcome;
 use crate::run::archive::PathStat;
@@ -555,7 +555,7 @@ pub fn exec(api: &ApiClient, args: &ExecArgs) -> anyhow::Result<Outcome> {
     Ok(exit_outcome(doc["ExitCode"].as_i64().unwrap_or(-1)))
 }
 
-/// The stat header of `HEAD|GET /containers/{id}/archive`; None when the path is missing.
+/// The stat header of `HEAD|GET /containers/{id}/archive`.
 fn path_stat(resp: &reqwest::blocking::Response) -> anyhow::Result<PathStat> {
     let header = resp
         .headers()
@@ -567,105 +567,12 @@ fn path_stat(resp: &reqwest::blocking::Response) -> anyhow::Result<PathStat> {
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-/// `kiln -H … cp`: tar archives through `/containers/{id}/archive`, with docker's rules
-/// for where the copy lands.
-pub fn cp(api: &ApiClient, args: &CpArgs) -> anyhow::Result<Outcome> {
-    match (
-        split_container_path(&args.src),
-        split_container_path(&args.dst),
-    ) {
-        (Some((c, p)), None) => copy_from(api, c, p, Path::new(&args.dst))?,
-        (None, Some((c, p))) => copy_to(api, Path::new(&args.src), c, p)?,
-        (Some(_), Some(_)) => bail!("copying between containers is not supported"),
-        (None, None) => bail!("one of SRC and DST must be CONTAINER:PATH"),
-    }
-    Ok(Outcome::Success)
-}
-
 fn archive_url(api: &ApiClient, container: &str, path: &str) -> String {
     api.url(&format!(
         "/containers/{}/archive?path={}",
         enc(container),
         enc(path)
     ))
-}
-
-fn copy_from(api: &ApiClient, container: &str, path: &str, dst: &Path) -> anyhow::Result<()> {
-    let resp = api
-        .send(api.http.get(archive_url(api, container, path)))
-        .map_err(bare)?;
-    let stat = path_stat(&resp)?;
-    if dst.is_dir() {
-        return Ok(crate::run::archive::extract_tar(dst, "/", resp)?);
-    }
-    // A new name: unpack next to it, then rename the one top entry.
-    let parent = match dst.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let staging = tempfile::Builder::new()
-        .prefix(".kiln-cp-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("cannot write in {}", parent.display()))?;
-    crate::run::archive::extract_tar(staging.path(), "/", resp)?;
-    std::fs::rename(staging.path().join(&stat.name), dst)
-        .with_context(|| format!("copying {container}:{path} to {}", dst.display()))?;
-    Ok(())
-}
-
-fn copy_to(api: &ApiClient, src: &Path, container: &str, path: &str) -> anyhow::Result<()> {
-    std::fs::symlink_metadata(src).with_context(|| format!("cannot copy {}", src.display()))?;
-    let head = api
-        .http
-        .head(archive_url(api, container, path))
-        .send()
-        .with_context(|| format!("cannot reach the kiln daemon at {}", api.host))?;
-    let into_dir = head.status().is_success() && path_stat(&head)?.is_dir();
-    let (dir, name) = if into_dir {
-        let name = src
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .context("the source has no file name")?;
-        (path.to_string(), name)
-    } else {
-        // docker: a missing destination is created with the source's contents.
-        let status = head.status();
-        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
-            bail!("Error response from daemon: {status} for {container}:{path}");
-        }
-        let trimmed = path.trim_end_matches('/');
-        let (dir, name) = trimmed.rsplit_once('/').unwrap_or((".", trimmed));
-        (
-            if dir.is_empty() {
-                "/".into()
-            } else {
-                dir.into()
-            },
-            name.to_string(),
-        )
-    };
-    // The archive is streamed (a tree may be larger than memory): a thread writes it into
-    // a pipe the request body reads.
-    let (reader, writer) = std::io::pipe().context("creating a pipe")?;
-    let source = src.to_path_buf();
-    let archiver = std::thread::spawn(move || {
-        crate::run::archive::write_tar_named(&source, &name, std::io::BufWriter::new(writer))
-    });
-    let sent = api
-        .send(
-            api.http
-                .put(archive_url(api, container, &dir))
-                .header("Content-Type", "application/x-tar")
-                .body(reqwest::blocking::Body::new(reader)),
-        )
-        .map_err(bare);
-    let archived = archiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("archiving {} failed", src.display()))?;
-    // The daemon's refusal first: it is why a writer would see a broken pipe.
-    sent?;
-    archived.with_context(|| format!("archiving {}", src.display()))?;
-    Ok(())
 }
 
 impl ContainerBackend for ApiClient {
@@ -753,6 +660,42 @@ impl ContainerBackend for ApiClient {
         let v: Value = serde_json::from_reader(self.post_empty("/containers/prune")?)
             .context("reading the daemon's answer")?;
         Ok(strings(&v["ContainersDeleted"]))
+    }
+
+    fn stat_path(&self, key: &str, path: &str) -> anyhow::Result<Option<PathStat>> {
+        let head = self
+            .http
+            .head(archive_url(self, key, path))
+            .send()
+            .with_context(|| format!("cannot reach the kiln daemon at {}", self.host))?;
+        let status = head.status();
+        if status.is_success() {
+            return Ok(Some(path_stat(&head)?));
+        }
+        // A HEAD answer has no body: a missing container is told apart by asking for it.
+        self.inspect(key)?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        bail!("Error response from daemon: {status} for {key}:{path}")
+    }
+
+    fn read_path(&self, key: &str, path: &str) -> anyhow::Result<(PathStat, Box<dyn Read + Send>)> {
+        let resp = self
+            .send(self.http.get(archive_url(self, key, path)))
+            .map_err(bare)?;
+        Ok((path_stat(&resp)?, Box::new(resp)))
+    }
+
+    fn write_path(&self, key: &str, dir: &str, tar: Box<dyn Read + Send>) -> anyhow::Result<()> {
+        self.send(
+            self.http
+                .put(archive_url(self, key, dir))
+                .header("Content-Type", "application/x-tar")
+                .body(reqwest::blocking::Body::new(tar)),
+        )
+        .map_err(bare)?;
+        Ok(())
     }
 }
 

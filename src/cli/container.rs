@@ -17,7 +17,7 @@ use super::Outcome;
 use crate::run::create::CreateOptions;
 use crate::run::exec::{self, ExecOptions, RawMode};
 use crate::run::monitor::{self, Attach};
-use crate::run::state::{Container, Containers, Status};
+use crate::run::state::{Container, Containers};
 
 /// The flags `run` and `create` share (`-h` is `--hostname`, as in docker).
 #[derive(Debug, Args)]
@@ -1081,7 +1081,7 @@ pub fn port(args: &PortArgs, via: Via) -> anyhow::Result<Outcome> {
 }
 
 /// `CONTAINER:PATH` (a colon before any slash), else a host path.
-pub(super) fn split_container_path(s: &str) -> Option<(&str, &str)> {
+fn split_container_path(s: &str) -> Option<(&str, &str)> {
     let (c, p) = s.split_once(':')?;
     if c.is_empty() || c.contains('/') {
         return None;
@@ -1089,61 +1089,112 @@ pub(super) fn split_container_path(s: &str) -> Option<(&str, &str)> {
     Some((c, p))
 }
 
+/// `cp`: docker's rules, the same in-process and through a daemon (tar streams through
+/// [`ContainerBackend`]). A directory lands inside an existing directory, or becomes the
+/// destination when that does not exist; `SRC/.` copies a directory's contents.
 pub fn cp(args: &CpArgs, via: Via) -> anyhow::Result<Outcome> {
-    let root = match via {
-        Via::Local(root) => root,
-        Via::Api(api) => return super::client_containers::cp(api, args),
-    };
-    let snapshots = crate::run::rootfs::open_snapshots(root)?;
-    let (container, path, to_container) = match (
+    match (
         split_container_path(&args.src),
         split_container_path(&args.dst),
     ) {
-        (Some((c, p)), None) => (c, p, false),
-        (None, Some((c, p))) => (c, p, true),
+        (Some((c, p)), None) => via.with(|b| copy_from(b, c, p, Path::new(&args.dst)))?,
+        (None, Some((c, p))) => via.with(|b| copy_to(b, &args.src, c, p))?,
         (Some(_), Some(_)) => bail!("copying between containers is not supported"),
         (None, None) => bail!("one of SRC and DST must be CONTAINER:PATH"),
-    };
-    let c = find(root, container)?;
-    let s = monitor::settle(root, &c)?;
-    // A running container's filesystem is reached through its first process; a stopped one
-    // is mounted for the copy.
-    let (base, _mount) = if s.status == Status::Running && s.pid > 0 {
-        (PathBuf::from(format!("/proc/{}/root", s.pid)), None)
-    } else {
-        let m = crate::run::rootfs::mount_on_host(snapshots.as_ref(), &c)?;
-        (m.path.clone(), Some(m))
-    };
-    let inner = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("{}/{path}", c.config.working_dir.trim_end_matches('/'))
-    };
-    if to_container {
-        let src = Path::new(&args.src);
-        let dest_dir = crate::executor::rootfs::resolve_in_root(&base, &inner, true)?;
-        let dest = if dest_dir.is_dir() {
-            dest_dir.join(src.file_name().context("the source has no file name")?)
-        } else {
-            dest_dir
-        };
-        crate::executor::export_fs::copy_tree_or_file(src, &dest)
-            .with_context(|| format!("copying {} into {}:{path}", src.display(), c.short_id()))?;
-    } else {
-        let src = crate::executor::rootfs::resolve_in_root(&base, &inner, true)?;
-        if !src.exists() {
-            bail!("Could not find the file {path} in container {container}");
-        }
-        let dst = Path::new(&args.dst);
-        let dest = if dst.is_dir() {
-            dst.join(src.file_name().context("the source has no file name")?)
-        } else {
-            dst.to_path_buf()
-        };
-        crate::executor::export_fs::copy_tree_or_file(&src, &dest)
-            .with_context(|| format!("copying {}:{path} to {}", c.short_id(), dest.display()))?;
     }
     Ok(Outcome::Success)
+}
+
+fn copy_from(
+    b: &dyn ContainerBackend,
+    container: &str,
+    path: &str,
+    dst: &Path,
+) -> anyhow::Result<()> {
+    // The archive's top entry is the path's name, or `.` for `dir/.` (its contents).
+    let (stat, tar) = b.read_path(container, path)?;
+    if dst.is_dir() {
+        return Ok(crate::run::archive::extract_tar(dst, "/", tar)?);
+    }
+    if dst.exists() && stat.is_dir() {
+        bail!(
+            "cannot copy a directory to a file: {} is a file",
+            dst.display()
+        );
+    }
+    // A new name (or a file replaced): unpack next to it, then rename the one top entry.
+    let parent = match dst.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let staging = tempfile::Builder::new()
+        .prefix(".kiln-cp-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("cannot write in {}", parent.display()))?;
+    crate::run::archive::extract_tar(staging.path(), "/", tar)?;
+    let copied = if stat.name == "." {
+        staging.keep()
+    } else {
+        staging.path().join(&stat.name)
+    };
+    std::fs::rename(&copied, dst)
+        .with_context(|| format!("copying {container}:{path} to {}", dst.display()))?;
+    Ok(())
+}
+
+fn copy_to(b: &dyn ContainerBackend, src: &str, container: &str, path: &str) -> anyhow::Result<()> {
+    let src_path = Path::new(src);
+    let src_meta =
+        std::fs::symlink_metadata(src_path).with_context(|| format!("cannot copy {src}"))?;
+    let mut dest = b.stat_path(container, path)?;
+    // A symlink as the destination: where it points (as docker's CLI resolves it).
+    if let Some(st) = dest.as_ref().filter(|st| !st.link_target.is_empty()) {
+        let target = if st.link_target.starts_with('/') {
+            st.link_target.clone()
+        } else {
+            let parent = path
+                .trim_end_matches('/')
+                .rsplit_once('/')
+                .map_or("", |p| p.0);
+            format!("{parent}/{}", st.link_target)
+        };
+        dest = b.stat_path(container, &target)?;
+    }
+    let trimmed = path.trim_end_matches('/');
+    let (parent, last) = trimmed.rsplit_once('/').unwrap_or((".", trimmed));
+    let parent = if parent.is_empty() { "/" } else { parent };
+    let (dir, name) = match dest {
+        Some(st) if st.is_dir() => {
+            let name = if crate::run::archive::names_contents(src) && src_meta.is_dir() {
+                ".".to_string()
+            } else {
+                src_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .context("the source has no file name")?
+            };
+            (path.to_string(), name)
+        }
+        Some(_) if src_meta.is_dir() => {
+            bail!("cannot copy a directory to a file: {container}:{path} is a file")
+        }
+        // A file replaced, or a new name (a directory is created with the source's contents).
+        _ => (parent.to_string(), last.to_string()),
+    };
+    // Streamed (a tree may be larger than memory): a thread writes the archive into a pipe.
+    let (reader, writer) = std::io::pipe().context("creating a pipe")?;
+    let source = src_path.to_path_buf();
+    let archiver = std::thread::spawn(move || {
+        crate::run::archive::write_tar_named(&source, &name, std::io::BufWriter::new(writer))
+    });
+    let sent = b.write_path(container, &dir, Box::new(reader));
+    let archived = archiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("archiving {src} failed"))?;
+    // The receiving side's refusal first: it is why the writer would see a broken pipe.
+    sent?;
+    archived.with_context(|| format!("archiving {src}"))?;
+    Ok(())
 }
 
 pub fn prune(_args: &PruneArgs, via: Via) -> anyhow::Result<Outcome> {

@@ -4,10 +4,12 @@
 //! its output once, whichever way it went. Errors are the bare messages (printed as
 //! `kiln: error: …` either way).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::run::archive::{self, PathStat};
 use crate::run::container as lifecycle;
 use crate::run::create::CreateOptions;
 use crate::run::logs;
@@ -42,6 +44,12 @@ pub trait ContainerBackend {
     fn logs(&self, key: &str, opts: LogOptions) -> anyhow::Result<()>;
     /// Removes the stopped containers; their IDs.
     fn prune(&self) -> anyhow::Result<Vec<String>>;
+    /// docker's stat of `path` in the container (a symlink itself); None when it is missing.
+    fn stat_path(&self, key: &str, path: &str) -> anyhow::Result<Option<PathStat>>;
+    /// `path` as a tar stream whose top entry is named after it.
+    fn read_path(&self, key: &str, path: &str) -> anyhow::Result<(PathStat, Box<dyn Read + Send>)>;
+    /// Unpacks a tar stream into the container's directory `dir`.
+    fn write_path(&self, key: &str, dir: &str, tar: Box<dyn Read + Send>) -> anyhow::Result<()>;
 }
 
 pub trait VolumeBackend {
@@ -162,6 +170,33 @@ impl ContainerBackend for Local {
 
     fn prune(&self) -> anyhow::Result<Vec<String>> {
         Ok(lifecycle::prune(&self.root)?)
+    }
+
+    fn stat_path(&self, key: &str, path: &str) -> anyhow::Result<Option<PathStat>> {
+        match archive::stat_in(&self.root, &self.find(key)?, path) {
+            Ok(st) => Ok(Some(st)),
+            Err(crate::run::RunError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read_path(&self, key: &str, path: &str) -> anyhow::Result<(PathStat, Box<dyn Read + Send>)> {
+        let (st, reader) = archive::read_from(&self.root, &self.find(key)?, path)
+            .map_err(|e| not_found_in(e, key))?;
+        Ok((st, Box::new(reader)))
+    }
+
+    fn write_path(&self, key: &str, dir: &str, tar: Box<dyn Read + Send>) -> anyhow::Result<()> {
+        archive::write_into(&self.root, &self.find(key)?, dir, tar)
+            .map_err(|e| not_found_in(e, key))
+    }
+}
+
+/// docker's "Could not find the file PATH in container NAME".
+fn not_found_in(e: crate::run::RunError, key: &str) -> anyhow::Error {
+    match e {
+        crate::run::RunError::NotFound(m) => anyhow::anyhow!("{m} in container {key}"),
+        e => e.into(),
     }
 }
 

@@ -43,11 +43,7 @@ pub async fn serve(
         let body = BodyReader::new(req.into_body());
         blocking(move || {
             let c = Containers::open(&root)?.find(&key)?;
-            let fs = ContainerFs::open(&root, &c)?;
-            // The target directory may itself be a symlink inside the container.
-            let dir = fs.resolve(&c, &path, true)?;
-            archive::stat(&dir, &path).map_err(not_found_in(&key))?;
-            archive::extract_tar(&fs.base, &fs.inner_path(&c, &path), body)?;
+            archive::write_into(&root, &c, &path, body).map_err(not_found_in(&key))?;
             Ok(())
         })
         .await?;
@@ -61,7 +57,8 @@ pub async fn serve(
             let c = Containers::open(&root)?.find(&key)?;
             let fs = ContainerFs::open(&root, &c)?;
             let host = fs.resolve(&c, &path, false)?;
-            let stat = archive::stat(&host, &path).map_err(not_found_in(&key))?;
+            let mut stat = archive::stat(&host, &path).map_err(not_found_in(&key))?;
+            stat.name = archive::top_name(&path, &host);
             Ok((fs, host, stat))
         })();
         let (fs, host, stat) = match prepared {
@@ -75,7 +72,8 @@ pub async fn serve(
         if stat_tx.send(Ok(base64::encode(&header))).is_err() || head {
             return;
         }
-        if let Err(e) = archive::write_tar(&host, ChannelWriter { tx: tx.clone() }) {
+        let written = archive::write_tar_named(&host, &stat.name, ChannelWriter { tx: tx.clone() });
+        if let Err(e) = written {
             tracing::debug!("archive of {}: {e}", host.display());
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }

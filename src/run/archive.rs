@@ -54,6 +54,61 @@ impl ContainerFs {
     }
 }
 
+/// Whether a `cp` path names a directory's contents (`dir/.`, docker's rule).
+pub fn names_contents(path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    p == "." || p.ends_with("/.")
+}
+
+/// The name of an archive's top entry for `path` (docker's): `.` for `dir/.` (the entries
+/// are then the directory's contents), else the last component.
+pub fn top_name(path: &str, host: &Path) -> String {
+    if names_contents(path) {
+        return ".".into();
+    }
+    host.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ".".into())
+}
+
+/// The stat of `path` in container `c` (a symlink itself, not its target), as
+/// `HEAD /containers/{id}/archive` reports it; `RunError::NotFound` when it is missing.
+pub fn stat_in(root: &Path, c: &Container, path: &str) -> Result<PathStat> {
+    let fs = ContainerFs::open(root, c)?;
+    stat(&fs.resolve(c, path, false)?, path)
+}
+
+/// `path` of container `c` as a tar stream (the `GET` of the archive endpoint). A thread
+/// writes it while the container's filesystem stays reachable.
+pub fn read_from(
+    root: &Path,
+    c: &Container,
+    path: &str,
+) -> Result<(PathStat, std::io::PipeReader)> {
+    let fs = ContainerFs::open(root, c)?;
+    let host = fs.resolve(c, path, false)?;
+    let mut st = stat(&host, path)?;
+    let name = top_name(path, &host);
+    st.name = name.clone();
+    let (reader, writer) = std::io::pipe().map_err(io_err("creating", Path::new("a pipe")))?;
+    std::thread::spawn(move || {
+        if let Err(e) = write_tar_named(&host, &name, std::io::BufWriter::new(writer)) {
+            tracing::debug!("archive of {}: {e}", host.display());
+        }
+        drop(fs);
+    });
+    Ok((st, reader))
+}
+
+/// Unpacks a tar stream into the directory `dir` of container `c` (the `PUT`).
+pub fn write_into(root: &Path, c: &Container, dir: &str, input: impl Read) -> Result<()> {
+    let fs = ContainerFs::open(root, c)?;
+    // The target directory may itself be a symlink inside the container.
+    let host = fs.resolve(c, dir, true)?;
+    stat(&host, dir)?;
+    extract_tar(&fs.base, &fs.inner_path(c, dir), input)
+}
+
 /// docker's `X-Docker-Container-Path-Stat` (Go's `os.FileMode` bits in `mode`).
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct PathStat {
