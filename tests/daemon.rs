@@ -1342,6 +1342,10 @@ fn docker_exec_runs_commands_in_a_running_container() {
         assert!(Instant::now() < deadline, "exec -d did not run: {out:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A running exec is listed in the container's ExecIDs, a finished one is not.
+    d.docker(&["exec", "-d", &name, "sleep", "30"]);
+    let ids = d.docker(&["inspect", "-f", "{{len .ExecIDs}}", &name]);
+    assert_eq!(ids.trim(), "1", "{ids}");
     let (_, err) = d.docker_expect(&["exec", &name, "nope-not-a-command"], false);
     assert!(err.contains("nope-not-a-command"), "{err}");
     // The API directly: a detached Tty exec resized while it runs, its record, errors.

@@ -65,7 +65,14 @@ pub async fn inspect(state: &Arc<State>, key: &str) -> ApiResult {
     let doc = blocking(move || {
         let c = find(&st, &key)?;
         let s = c.state()?;
-        Ok(inspect_json(&c, &s))
+        let mut doc = inspect_json(&c, &s);
+        let execs = st.execs.of_container(c.id());
+        doc["ExecIDs"] = if execs.is_empty() {
+            Value::Null
+        } else {
+            json!(execs)
+        };
+        Ok(doc)
     })
     .await?;
     json(&doc)

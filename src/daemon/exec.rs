@@ -86,6 +86,17 @@ fn console_size(s: Option<[u16; 2]>) -> Option<(u16, u16)> {
 }
 
 impl Execs {
+    /// The exec instances of container `id` (docker's `ExecIDs`: those not finished).
+    pub fn of_container(&self, id: &str) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.0)
+            .values()
+            .filter(|r| r.container.id() == id && lock(&r.run).exit_code.is_none())
+            .map(|r| r.id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
     fn get(&self, id: &str) -> ApiResult<Arc<ExecRecord>> {
         lock(&self.0)
             .get(id)
