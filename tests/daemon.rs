@@ -1123,6 +1123,46 @@ fn docker_logs_and_logs_follow() {
     assert_eq!(err, "oops\n");
     let (out, _) = d.docker_expect(&["logs", "--tail", "1", &name], true);
     assert_eq!(out, "second\n");
+    // attach?logs=1&stream=0 (what SDKs use to read a finished container's output): the
+    // log in docker's multiplexed frames on the hijacked connection, then the end.
+    let raw = {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::os::unix::net::UnixStream::connect(&d.sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            s,
+            "POST /v1.43/containers/{name}/attach?logs=1&stream=0&stdout=1&stderr=1 HTTP/1.1\r\n\
+             Host: kiln\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+        )
+        .expect("request");
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        raw
+    };
+    let text = String::from_utf8_lossy(&raw);
+    let body = &raw[text.find("\r\n\r\n").map_or(raw.len(), |i| i + 4)..];
+    let frames: Vec<(u8, String)> = {
+        let mut v = Vec::new();
+        let mut rest = body;
+        while rest.len() >= 8 {
+            let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+            let end = (8 + len).min(rest.len());
+            v.push((rest[0], String::from_utf8_lossy(&rest[8..end]).into_owned()));
+            rest = &rest[end..];
+        }
+        v
+    };
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert_eq!(
+        frames,
+        vec![
+            (1, "first\n".to_string()),
+            (2, "oops\n".to_string()),
+            (1, "second\n".to_string())
+        ],
+        "{text}"
+    );
     d.docker(&["rm", &name]);
 }
 

@@ -126,6 +126,11 @@ pub async fn attach(
     };
     // docker ignores stdin=1 for a container created without OpenStdin.
     let want_in = query.flag("stdin") && c.config.open_stdin;
+    // `logs=1`: what the container wrote so far comes first; `stream=0`: only that.
+    let (replay, stream) = (
+        query.flag("logs"),
+        query.get("stream").is_none() || query.flag("stream"),
+    );
     let offset = std::fs::metadata(c.log_path())
         .map(|m| m.len())
         .unwrap_or(0);
@@ -137,6 +142,29 @@ pub async fn attach(
             return;
         };
         let started_before = c.state().map(|s| s.started_at).unwrap_or(0);
+        if replay {
+            let (c, tx) = (c.clone(), tx.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                let (mut out, mut err) = (
+                    super::containers::output_writer(&tx, want_out, tty, 1),
+                    super::containers::output_writer(&tx, want_err, tty, 2),
+                );
+                let show = crate::run::logs::Show { timestamps: false };
+                let _ = crate::run::logs::print_range(
+                    &c.log_path(),
+                    offset,
+                    show,
+                    &mut *out,
+                    &mut *err,
+                );
+            })
+            .await;
+        }
+        if !stream {
+            drop(tx);
+            let _ = writer.await;
+            return;
+        }
         let hello: &[u8] = if want_in {
             b"attach stdin\n"
         } else {

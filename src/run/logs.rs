@@ -163,6 +163,39 @@ pub fn print(
     Ok(offset)
 }
 
+/// Prints the entries in the first `end` bytes of the log (what a container wrote before
+/// an attach with `logs=1`), streaming.
+pub fn print_range(
+    path: &Path,
+    end: u64,
+    show: Show,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<()> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("opening", path)(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut offset = 0u64;
+    let mut line = String::new();
+    while offset < end {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(io_err("reading", path))?;
+        if n == 0 || !line.ends_with('\n') {
+            break;
+        }
+        offset += n as u64;
+        if let Ok(e) = serde_json::from_str::<Entry>(&line) {
+            print_entry(&e, show, out, err).map_err(io_err("writing", Path::new("stdout")))?;
+        }
+    }
+    Ok(())
+}
+
 /// Prints entries appended after `offset` until `done()` says the writer is gone and
 /// everything has been read (`logs -f`).
 pub fn follow(
