@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The API's overhead: N sequential requests of the same listing in-process (`kiln images`),
 # through the daemon with kiln's client (`kiln -H … images`), with the docker CLI, and raw
-# `curl /images/json`; plus the daemon's resident memory. Usage: bench/daemon.sh [N]
+# `curl /images/json`; then `run --rm … true` in-process, with `kiln -H` and with the docker CLI;
+# plus the daemon's resident memory. Usage: bench/daemon.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-50}
@@ -30,4 +31,8 @@ timeit "kiln -H … images" "$KILN" -H "$DOCKER_HOST" images
 timeit "docker images" docker images
 timeit "curl /images/json" curl -s --unix-socket "$work/kiln.sock" http://kiln/v1.43/images/json
 timeit "curl /_ping" curl -s --unix-socket "$work/kiln.sock" http://kiln/_ping
+# A container's whole life (create, start, attach, wait, remove), without a network.
+timeit "kiln run --rm (in-process)" env -u DOCKER_HOST "$KILN" --root "$work/root" run --rm --network none bench:1 sh -c true
+timeit "kiln -H … run --rm" "$KILN" -H "$DOCKER_HOST" run --rm --network none bench:1 sh -c true
+timeit "docker run --rm" docker run --rm --network none bench:1 sh -c true
 echo "daemon RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"

@@ -91,6 +91,7 @@ async fn reach_monitor(
     started_before: i128,
     tx: &mpsc::Sender<Chunk>,
 ) -> Option<tokio::net::UnixStream> {
+    let mut backoff = crate::run::Backoff::up_to(POLL);
     loop {
         if let Ok(s) = crate::run::attach::connect(c) {
             if s.set_nonblocking(true).is_ok() {
@@ -108,7 +109,7 @@ async fn reach_monitor(
         if tx.is_closed() || stopped {
             return None;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(backoff.delay()).await;
     }
 }
 
@@ -270,6 +271,7 @@ fn follow_log(
     let path = c.log_path();
     let mut file: Option<std::io::BufReader<std::fs::File>> = None;
     let mut pending = String::new();
+    let mut backoff = crate::run::Backoff::up_to(POLL);
     loop {
         let finished = done();
         if file.is_none() {
@@ -289,6 +291,8 @@ fn follow_log(
                 if !pending.ends_with('\n') {
                     continue;
                 }
+                // Output flows: look again soon.
+                backoff = crate::run::Backoff::up_to(POLL);
                 if let Ok(e) = serde_json::from_str::<crate::run::logs::Entry>(&pending) {
                     let w = if e.stream == "stderr" {
                         &mut err
@@ -305,7 +309,7 @@ fn follow_log(
         if finished {
             return;
         }
-        std::thread::sleep(POLL);
+        backoff.sleep();
     }
 }
 

@@ -210,6 +210,7 @@ fn wait_for(
     condition: &str,
     gone: &dyn Fn() -> bool,
 ) -> crate::run::Result<i32> {
+    let mut backoff = crate::run::Backoff::up_to(std::time::Duration::from_millis(50));
     if condition == "not-running" {
         loop {
             let s = match crate::run::monitor::settle(root, c) {
@@ -220,7 +221,7 @@ fn wait_for(
             if !s.is_running() || gone() {
                 return Ok(s.exit_code);
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            backoff.sleep();
         }
     }
     let started_before = c.state()?.started_at;
@@ -241,7 +242,7 @@ fn wait_for(
         if !s.is_running() && s.started_at != started_before && condition == "next-exit" {
             return Ok(s.exit_code);
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        backoff.sleep();
     }
 }
 

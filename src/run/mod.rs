@@ -72,6 +72,36 @@ pub enum RunError {
 
 pub type Result<T> = std::result::Result<T, RunError>;
 
+/// Delays for polling a container's state or log: short at first, so a container that
+/// ends at once is noticed at once, then doubling up to `max`, so a long wait costs little.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    /// 1 ms, doubling up to `max`.
+    pub fn up_to(max: std::time::Duration) -> Backoff {
+        Backoff {
+            next: std::time::Duration::from_millis(1).min(max),
+            max,
+        }
+    }
+
+    /// The delay to wait now (the following one is twice as long, up to the maximum).
+    pub fn delay(&mut self) -> std::time::Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// Sleeps for [`Backoff::delay`].
+    pub fn sleep(&mut self) {
+        std::thread::sleep(self.delay());
+    }
+}
+
 /// docker's rule for container and volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+` (at least
 /// two characters).
 pub fn valid_name(name: &str) -> bool {
@@ -89,5 +119,24 @@ pub(crate) fn io_err<'a>(
         op,
         path: path.to_path_buf(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_up_to_its_maximum() {
+        let mut b = Backoff::up_to(Duration::from_millis(5));
+        let delays: Vec<u128> = (0..5).map(|_| b.delay().as_millis()).collect();
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+    }
+
+    #[test]
+    fn names_follow_dockers_rule() {
+        assert!(valid_name("db") && valid_name("web-1.a_b"));
+        assert!(!valid_name("a") && !valid_name("-x") && !valid_name("a/b") && !valid_name(""));
     }
 }
