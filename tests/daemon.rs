@@ -782,6 +782,16 @@ fn docker_push_and_pull_with_the_test_registry() {
     assert!(e.contains("manifest unknown"), "{e}");
     let (_, e) = d.docker_expect(&["push", &format!("{}/team/absent:1", reg.addr)], false);
     assert!(e.contains("does not exist locally"), "{e}");
+    // kiln -H push SOURCE DESTINATION: pushed under the other name, which the daemon does
+    // not keep afterwards (as in-process).
+    let other = format!("{}/team/other:2", reg.addr);
+    let host = format!("unix://{}", d.sock.display());
+    let out = d.k.ok(&["-H", &host, "push", "-q", "fromreg", &other]);
+    assert!(out.contains("team/other:2"), "{out}");
+    let (_, e) = d.docker_expect(&["image", "inspect", &other], false);
+    assert!(e.contains("No such image"), "{e}");
+    let pulled = d.docker(&["pull", &other]);
+    assert!(pulled.contains("Digest: sha256:"), "{pulled}");
 }
 
 #[test]

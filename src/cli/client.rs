@@ -610,16 +610,39 @@ fn pull(api: &ApiClient, args: &super::registry::PullArgs) -> anyhow::Result<Out
 
 fn push(api: &ApiClient, args: &super::registry::PushArgs) -> anyhow::Result<Outcome> {
     if !args.insecure_registry.is_empty() || args.compression.is_some() {
-        bail!("--insecure-registry and --compression do not work through a daemon yet");
+        bail!(
+            "--insecure-registry and --compression are the daemon's settings in client mode \
+             (its config file; layers go out as stored)"
+        );
     }
-    let source = args
-        .destination
-        .as_ref()
-        .map_or(args.image.as_str(), |_| "");
-    if source.is_empty() {
-        bail!("push SOURCE DESTINATION does not work through a daemon yet: tag it first");
-    }
-    let r = crate::push::client::parse_reference(&args.image)?;
+    // `push SOURCE DESTINATION`: the API pushes names, so DESTINATION names SOURCE for the
+    // push, and afterwards names what it named before (or nothing), as in-process.
+    let Some(dest) = args.destination.as_deref() else {
+        return push_name(api, &args.image, args.quiet);
+    };
+    let previous = api
+        .get_json(&format!("/images/{dest}/json"))
+        .ok()
+        .and_then(|v| v["Id"].as_str().map(str::to_string));
+    tag(api, &args.image, dest)?;
+    let pushed = push_name(api, dest, args.quiet);
+    let restored = match &previous {
+        Some(id) => tag(api, id, dest).map(|_| ()),
+        None => api
+            .send(
+                api.http
+                    .delete(api.url(&format!("/images/{dest}?noprune=1"))),
+            )
+            .map(|_| ()),
+    };
+    let outcome = pushed?;
+    restored.with_context(|| format!("restoring the name {dest} after the push"))?;
+    Ok(outcome)
+}
+
+/// Pushes the image named `name` (docker's `POST /images/{name}/push`).
+fn push_name(api: &ApiClient, name: &str, quiet: bool) -> anyhow::Result<Outcome> {
+    let r = crate::push::client::parse_reference(name)?;
     let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
     let resp = api.send(
         api.http
@@ -631,8 +654,8 @@ fn push(api: &ApiClient, args: &super::registry::PushArgs) -> anyhow::Result<Out
             )))
             .header("X-Registry-Auth", "e30="),
     )?;
-    progress_stream(resp, args.quiet)?;
-    if args.quiet {
+    progress_stream(resp, quiet)?;
+    if quiet {
         writeln!(
             std::io::stdout().lock(),
             "{}",
