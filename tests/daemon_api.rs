@@ -72,6 +72,14 @@ fn docker_network_containers_resolve_each_other_connect_disconnect() {
     assert!(stdout(&o).contains(a_ip.trim()), "{} vs {a_ip}", stdout(&o));
     // b is on another network: not reachable by name until it is connected.
     assert!(!ping(&b).status.success());
+    // (If b ever stops here, say how: a CI run once found it not running.)
+    let state = d.docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}} {{.State.Error}} {{.State.StartedAt}} {{.State.FinishedAt}}",
+        &b,
+    ]);
+    assert!(state.starts_with("running "), "{b}: {state}");
     d.docker(&["network", "connect", "--alias", "bee", &net, &b]);
     let o = ping("bee");
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));

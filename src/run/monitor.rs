@@ -703,12 +703,27 @@ pub fn monitor_main(args: &[String]) -> ! {
 }
 
 /// Marks a stale "running" state (its monitor is gone) as exited and releases what it held.
+///
+/// Only a dead monitor counts: the state is read once, and a running state is stale only
+/// when nobody holds `running.lock`. (Comparing two reads would take any state the live
+/// monitor writes in between, such as its network set-up or the start, for a crash, and
+/// release the container's network and processes under it.)
 pub fn settle(root: &Path, c: &Container) -> Result<State> {
-    let stored = c.stored_state()?;
     let real = c.state()?;
-    if stored != real {
+    if real.is_running() {
+        return Ok(real);
+    }
+    let stored = c.stored_state()?;
+    if stored.is_running() && !c.monitor_alive() {
         release(root, c);
-        c.update_state(|s| *s = real.clone())?;
+        // Written only if the state still says running (the monitor may have written
+        // the exit itself meanwhile).
+        let settled = c.update_state(|s| {
+            if s.is_running() {
+                *s = real.clone();
+            }
+        })?;
+        return Ok(settled);
     }
     Ok(real)
 }
