@@ -71,6 +71,16 @@ impl Daemon {
         (o, e)
     }
 
+    /// `docker run -d --name NAME FLAGS… busybox:test sleep 300`: a container to work on;
+    /// its ID.
+    pub(crate) fn sleeper(&self, name: &str, flags: &[&str]) -> String {
+        let base = self.k.busybox();
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[base, "sleep", "300"]);
+        self.docker(&args).trim().to_string()
+    }
+
     pub(crate) fn docker(&self, args: &[&str]) -> String {
         self.docker_expect(args, true).0
     }
@@ -1304,19 +1314,8 @@ fn wait_output(mut child: Child, what: &str) -> Output {
 #[test]
 fn docker_exec_runs_commands_in_a_running_container() {
     let mut d = Daemon::start();
-    let base = d.k.busybox();
     let name = format!("ke{}", std::process::id() % 100_000);
-    d.docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        &name,
-        base,
-        "sleep",
-        "300",
-    ]);
+    d.sleeper(&name, &["--network", "none"]);
     assert_eq!(d.docker(&["exec", &name, "echo", "hi"]), "hi\n");
     let (code, out, err) = d.docker_with_input(&["exec", &name, "sh", "-c", "exit 3"], "");
     assert_eq!(code, Some(3), "stdout: {out}\nstderr: {err}");
@@ -1556,19 +1555,8 @@ fn docker_run_and_exec_with_a_terminal() {
 #[test]
 fn daemon_stops_while_an_exec_runs() {
     let mut d = Daemon::start();
-    let base = d.k.busybox();
     let name = format!("ks{}", std::process::id() % 100_000);
-    d.docker(&[
-        "run",
-        "-d",
-        "--network",
-        "none",
-        "--name",
-        &name,
-        base,
-        "sleep",
-        "300",
-    ]);
+    d.sleeper(&name, &["--network", "none"]);
     let mut exec = d.docker_cmd(&["exec", &name, "sleep", "100"]);
     exec.stdout(Stdio::null()).stderr(Stdio::null());
     let mut exec = exec.spawn().expect("docker exec");

@@ -20,28 +20,8 @@ fn docker_network_containers_resolve_each_other_connect_disconnect() {
     let (a, b) = (unique("kaa"), unique("kab"));
     d.docker(&["network", "create", &net]);
     d.docker(&["network", "create", &other]);
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        &a,
-        "--network",
-        &net,
-        base,
-        "sleep",
-        "300",
-    ]);
-    d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        &b,
-        "--network",
-        &other,
-        base,
-        "sleep",
-        "300",
-    ]);
+    d.sleeper(&a, &["--network", &net]);
+    d.sleeper(&b, &["--network", &other]);
     // a by name from a third container on the same network.
     let ping = |target: &str| {
         let mut c = d.docker_cmd(&[
@@ -96,20 +76,9 @@ fn docker_network_containers_resolve_each_other_connect_disconnect() {
 #[test]
 fn docker_restart_port_cp_and_container_prune() {
     let d = Daemon::start();
-    let base = d.k.busybox();
     let name = unique("kar");
-    let id = d.docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "-p",
-        "127.0.0.1::80",
-        base,
-        "sleep",
-        "300",
-    ]);
-    let id = id.trim();
+    let id = d.sleeper(&name, &["-p", "127.0.0.1::80"]);
+    let id = id.as_str();
     let port = d.docker(&["port", &name, "80"]);
     assert!(port.trim().starts_with("127.0.0.1:"), "{port}");
     let started = |d: &Daemon| d.docker(&["inspect", "-f", "{{.State.StartedAt}}", &name]);

@@ -70,34 +70,28 @@ fn hostname() -> String {
 pub fn version(_state: &Arc<State>) -> ApiResult {
     let platform = Platform::host();
     let version = env!("CARGO_PKG_VERSION");
-    let kernel = kernel_version();
-    json(&json!({
-        "Platform": {"Name": format!("kiln {version}")},
-        "Components": [{
-            "Name": "Engine",
-            "Version": version,
-            "Details": {
-                "ApiVersion": API_VERSION,
-                "MinAPIVersion": MIN_API_VERSION,
-                "GitCommit": "",
-                "GoVersion": "n/a (Rust)",
-                "Os": platform.os,
-                "Arch": platform.arch,
-                "KernelVersion": kernel,
-                "BuildTime": "",
-                "Experimental": "false",
-            },
-        }],
-        "Version": version,
+    // docker repeats the engine's details at the top level.
+    let details = json!({
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
         "GitCommit": "",
         "GoVersion": "n/a (Rust)",
         "Os": platform.os,
         "Arch": platform.arch,
-        "KernelVersion": kernel,
+        "KernelVersion": kernel_version(),
         "BuildTime": "",
-    }))
+    });
+    let mut engine_details = details.clone();
+    engine_details["Experimental"] = json!("false");
+    let mut doc = details;
+    doc["Platform"] = json!({"Name": format!("kiln {version}")});
+    doc["Components"] = json!([{
+        "Name": "Engine",
+        "Version": version,
+        "Details": engine_details,
+    }]);
+    doc["Version"] = json!(version);
+    json(&doc)
 }
 
 pub async fn info(state: &Arc<State>) -> ApiResult {
