@@ -1185,7 +1185,7 @@ fn copy_to(b: &dyn ContainerBackend, src: &str, container: &str, path: &str) -> 
     let (reader, writer) = std::io::pipe().context("creating a pipe")?;
     let source = src_path.to_path_buf();
     let archiver = std::thread::spawn(move || {
-        crate::run::archive::write_tar_named(&source, &name, std::io::BufWriter::new(writer))
+        crate::executor::export_fs::write_tar_named(&source, &name, std::io::BufWriter::new(writer))
     });
     let sent = b.write_path(container, &dir, Box::new(reader));
     let archived = archiver

@@ -12,7 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use super::http::{no_content, ApiError, ApiResult, BodyReader, ChannelWriter, Query};
 use super::{blocking, State};
 use crate::push::credentials::base64;
-use crate::run::archive::{self, ContainerFs};
+use crate::run::archive;
 use crate::run::state::Containers;
 use crate::run::RunError;
 
@@ -53,14 +53,10 @@ pub async fn serve(
     let (stat_tx, stat_rx) = tokio::sync::oneshot::channel::<Result<String, ApiError>>();
     let head = method == Method::HEAD;
     tokio::task::spawn_blocking(move || {
-        let prepared = (|| -> Result<_, RunError> {
-            let c = Containers::open(&root)?.find(&key)?;
-            let fs = ContainerFs::open(&root, &c)?;
-            let host = fs.resolve(&c, &path, false)?;
-            let mut stat = archive::stat(&host, &path).map_err(not_found_in(&key))?;
-            stat.name = archive::top_name(&path, &host);
-            Ok((fs, host, stat))
-        })();
+        let prepared = Containers::open(&root)
+            .and_then(|cs| cs.find(&key))
+            .and_then(|c| archive::prepare_read(&root, &c, &path))
+            .map_err(not_found_in(&key));
         let (fs, host, stat) = match prepared {
             Ok(x) => x,
             Err(e) => {
@@ -72,7 +68,14 @@ pub async fn serve(
         if stat_tx.send(Ok(base64::encode(&header))).is_err() || head {
             return;
         }
-        let written = archive::write_tar_named(&host, &stat.name, ChannelWriter { tx: tx.clone() });
+        let written = crate::executor::export_fs::write_tar_named(
+            &host,
+            &stat.name,
+            ChannelWriter {
+                tx: tx.clone(),
+                frame: None,
+            },
+        );
         if let Err(e) = written {
             tracing::debug!("archive of {}: {e}", host.display());
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));

@@ -262,54 +262,16 @@ fn follow_log(
     want_err: bool,
     tx: mpsc::Sender<Chunk>,
 ) {
-    use std::io::Write as _;
-    let writer = |wanted: bool, stream: u8| output_writer(&tx, wanted, tty, stream);
-    let (mut out, mut err) = (writer(want_out, 1), writer(want_err, 2));
+    let (mut out, mut err) = (
+        output_writer(&tx, want_out, tty, 1),
+        output_writer(&tx, want_err, tty, 2),
+    );
     let done = || tx.is_closed() || ran_and_stopped(root, c, started_before);
-    // The log is opened once and kept open: a --rm container's directory (and log) may be
-    // gone before the last read.
-    let path = c.log_path();
-    let mut file: Option<std::io::BufReader<std::fs::File>> = None;
-    let mut pending = String::new();
-    let mut backoff = crate::run::Backoff::up_to(POLL);
-    loop {
-        let finished = done();
-        if file.is_none() {
-            if let Ok(mut f) = std::fs::File::open(&path) {
-                let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset));
-                file = Some(std::io::BufReader::new(f));
-            }
-        }
-        if let Some(f) = file.as_mut() {
-            loop {
-                let mut line = String::new();
-                match std::io::BufRead::read_line(f, &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                pending.push_str(&line);
-                if !pending.ends_with('\n') {
-                    continue;
-                }
-                // Output flows: look again soon.
-                backoff = crate::run::Backoff::up_to(POLL);
-                if let Ok(e) = serde_json::from_str::<crate::run::logs::Entry>(&pending) {
-                    let w = if e.stream == "stderr" {
-                        &mut err
-                    } else {
-                        &mut out
-                    };
-                    if w.write_all(e.log.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-                pending.clear();
-            }
-        }
-        if finished {
-            return;
-        }
-        backoff.sleep();
+    let show = crate::run::logs::Show { timestamps: false };
+    if let Err(e) =
+        crate::run::logs::follow(&c.log_path(), offset, show, &mut *out, &mut *err, &done)
+    {
+        tracing::debug!("attach to {}: {e}", c.id());
     }
 }
 

@@ -553,37 +553,6 @@ pub async fn start(state: &Arc<State>, key: &str) -> ApiResult {
     })
 }
 
-/// One stream of docker's multiplexed format: each write becomes a frame
-/// `[stream, 0, 0, 0, len (u32 BE)] + bytes` (stream 1 = stdout, 2 = stderr); a tty
-/// container's output goes raw (`stream` None).
-pub(super) struct MuxWriter {
-    pub tx: tokio::sync::mpsc::Sender<super::http::Chunk>,
-    pub stream: Option<u8>,
-}
-
-impl std::io::Write for MuxWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let mut frame = Vec::with_capacity(buf.len() + 8);
-        if let Some(s) = self.stream {
-            let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-            frame.extend_from_slice(&[s, 0, 0, 0]);
-            frame.extend_from_slice(&len.to_be_bytes());
-        }
-        frame.extend_from_slice(buf);
-        self.tx
-            .blocking_send(Ok(bytes::Bytes::from(frame)))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The writer for one output stream of a container: framed into `tx` when the client asked
 /// for it (raw for a tty), dropped otherwise.
 pub(super) fn output_writer(
@@ -593,9 +562,9 @@ pub(super) fn output_writer(
     stream: u8,
 ) -> Box<dyn std::io::Write + Send> {
     if wanted {
-        Box::new(MuxWriter {
+        Box::new(super::http::ChannelWriter {
             tx: tx.clone(),
-            stream: (!tty).then_some(stream),
+            frame: (!tty).then_some(stream),
         })
     } else {
         Box::new(Discard)

@@ -152,15 +152,32 @@ pub fn json_line<T: Serialize>(value: &T) -> Chunk {
 }
 
 /// An `std::io::Write` that sends what is written into a streamed body (for blocking code
-/// that writes archives). Fails with BrokenPipe once the client is gone.
+/// that writes archives or a container's output). Fails with BrokenPipe once the client is
+/// gone. With `frame`, each write becomes one frame of docker's multiplexed stream format:
+/// `[stream, 0, 0, 0, len (u32 BE)] + bytes` (stream 1 = stdout, 2 = stderr).
 pub struct ChannelWriter {
     pub tx: mpsc::Sender<Chunk>,
+    pub frame: Option<u8>,
 }
 
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let chunk = match self.frame {
+            Some(stream) => {
+                let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                let mut framed = Vec::with_capacity(buf.len() + 8);
+                framed.extend_from_slice(&[stream, 0, 0, 0]);
+                framed.extend_from_slice(&len.to_be_bytes());
+                framed.extend_from_slice(buf);
+                Bytes::from(framed)
+            }
+            None => Bytes::copy_from_slice(buf),
+        };
         self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .blocking_send(Ok(chunk))
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
         Ok(buf.len())
     }

@@ -300,7 +300,13 @@ pub async fn save(state: &Arc<State>, names: Vec<&str>) -> ApiResult {
     let (tx, resp) = stream("application/x-tar");
     let (st, images) = images;
     tokio::task::spawn_blocking(move || {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter { tx: tx.clone() });
+        let mut w = std::io::BufWriter::with_capacity(
+            1 << 20,
+            ChannelWriter {
+                tx: tx.clone(),
+                frame: None,
+            },
+        );
         let result = export::write_docker_archive(&st.engine.store, &images, &mut w)
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|()| std::io::Write::flush(&mut w));

@@ -7,13 +7,26 @@ use super::ExecError;
 
 /// Writes the tree at `root` as a tar (ownership, modes, symlinks, hard links kept).
 pub fn write_tar(root: &Path, out: impl Write) -> Result<(), ExecError> {
+    write_tar_named(root, ".", out)
+}
+
+/// Writes `path` (a directory and everything in it, or one file) as a tar stream whose top
+/// entry is named `name` (`.`: a directory's contents); symlinks are archived as links, never
+/// followed (`docker cp`, the daemon's archive endpoint).
+pub fn write_tar_named(path: &Path, name: &str, out: impl Write) -> Result<(), ExecError> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
+    let failed = |e| ExecError::io(path, e);
+    if std::fs::symlink_metadata(path).map_err(failed)?.is_dir() {
+        builder.append_dir_all(name, path).map_err(failed)?;
+    } else {
+        builder.append_path_with_name(path, name).map_err(failed)?;
+    }
     builder
-        .append_dir_all(".", root)
-        .and_then(|_| builder.finish())
-        .map_err(|e| ExecError::io(root, e))
+        .into_inner()
+        .and_then(|mut w| w.flush())
+        .map_err(failed)
 }
 
 /// Copies the tree at `root` into `dest` (created if missing), preserving ownership and modes.

@@ -4,7 +4,7 @@
 //! long as the [`ContainerFs`] lives. Paths are resolved inside the container's root
 //! (symlinks cannot lead out of it).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -71,11 +71,24 @@ pub fn top_name(path: &str, host: &Path) -> String {
         .unwrap_or_else(|| ".".into())
 }
 
-/// The stat of `path` in container `c` (a symlink itself, not its target), as
-/// `HEAD /containers/{id}/archive` reports it; `RunError::NotFound` when it is missing.
-pub fn stat_in(root: &Path, c: &Container, path: &str) -> Result<PathStat> {
+/// What reading `path` of container `c` needs: its filesystem (kept reachable while the
+/// guard lives), the host path, and docker's stat of it (a symlink itself, not its target)
+/// named as the archive's top entry; `RunError::NotFound` when it is missing.
+pub fn prepare_read(
+    root: &Path,
+    c: &Container,
+    path: &str,
+) -> Result<(ContainerFs, PathBuf, PathStat)> {
     let fs = ContainerFs::open(root, c)?;
-    stat(&fs.resolve(c, path, false)?, path)
+    let host = fs.resolve(c, path, false)?;
+    let mut st = stat(&host, path)?;
+    st.name = top_name(path, &host);
+    Ok((fs, host, st))
+}
+
+/// The stat `HEAD /containers/{id}/archive` reports for `path`.
+pub fn stat_in(root: &Path, c: &Container, path: &str) -> Result<PathStat> {
+    prepare_read(root, c, path).map(|(_, _, st)| st)
 }
 
 /// `path` of container `c` as a tar stream (the `GET` of the archive endpoint). A thread
@@ -85,14 +98,12 @@ pub fn read_from(
     c: &Container,
     path: &str,
 ) -> Result<(PathStat, std::io::PipeReader)> {
-    let fs = ContainerFs::open(root, c)?;
-    let host = fs.resolve(c, path, false)?;
-    let mut st = stat(&host, path)?;
-    let name = top_name(path, &host);
-    st.name = name.clone();
+    let (fs, host, st) = prepare_read(root, c, path)?;
+    let name = st.name.clone();
     let (reader, writer) = std::io::pipe().map_err(io_err("creating", Path::new("a pipe")))?;
     std::thread::spawn(move || {
-        if let Err(e) = write_tar_named(&host, &name, std::io::BufWriter::new(writer)) {
+        let writer = std::io::BufWriter::new(writer);
+        if let Err(e) = crate::executor::export_fs::write_tar_named(&host, &name, writer) {
             tracing::debug!("archive of {}: {e}", host.display());
         }
         drop(fs);
@@ -196,35 +207,6 @@ pub fn stat(host_path: &Path, shown: &str) -> Result<PathStat> {
     })
 }
 
-/// Writes `host_path` (a file, or a directory and everything in it) as a tar stream whose
-/// top entry is named after it; symlinks are archived as links, never followed.
-pub fn write_tar(host_path: &Path, out: impl Write) -> Result<()> {
-    let name = host_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| ".".into());
-    write_tar_named(host_path, &name, out)
-}
-
-/// [`write_tar`] with the top entry named `name`.
-pub fn write_tar_named(host_path: &Path, name: &str, out: impl Write) -> Result<()> {
-    let mut tar = tar::Builder::new(out);
-    tar.follow_symlinks(false);
-    let failed = |e: std::io::Error| RunError::Io {
-        op: "archiving",
-        path: host_path.to_path_buf(),
-        source: e,
-    };
-    let meta = std::fs::symlink_metadata(host_path).map_err(failed)?;
-    if meta.is_dir() {
-        tar.append_dir_all(name, host_path).map_err(failed)?;
-    } else {
-        tar.append_path_with_name(host_path, name).map_err(failed)?;
-    }
-    tar.into_inner().map_err(failed)?.flush().map_err(failed)?;
-    Ok(())
-}
-
 /// Unpacks a tar stream into the directory `dir` (a path inside `root`, which must exist
 /// and be a directory), keeping owners, modes and times. Every entry is resolved the way
 /// the container would see it, but never out of `root`: `root` may be `/proc/PID/root`,
@@ -296,7 +278,7 @@ mod tests {
         std::fs::set_permissions(d.join("a.txt"), std::fs::Permissions::from_mode(0o751)).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
         let mut bytes = Vec::new();
-        write_tar(&d, &mut bytes).unwrap();
+        crate::executor::export_fs::write_tar_named(&d, "data", &mut bytes).unwrap();
         let dst = tempfile::tempdir().unwrap();
         extract_tar(dst.path(), "/", bytes.as_slice()).unwrap();
         let out = dst.path().join("data");

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::state::{now_nanos, rfc3339_nanos};
-use super::{io_err, Result};
+use super::{io_err, Result, RunError};
 use crate::executor::sandbox::Stream;
 
 /// docker's maximum log line before it splits.
@@ -123,6 +123,43 @@ fn print_entry(
     w.flush()
 }
 
+/// Reads complete entries (whole lines) from `reader` until EOF or until `end` bytes were
+/// read. A line cut short (still being written) waits in `pending` for the rest. Returns
+/// the bytes of the complete lines read.
+fn for_each_entry(
+    reader: &mut impl BufRead,
+    path: &Path,
+    end: Option<u64>,
+    pending: &mut String,
+    f: &mut dyn FnMut(Entry) -> Result<()>,
+) -> Result<u64> {
+    let mut offset = 0u64;
+    while end.is_none_or(|end| offset < end) {
+        let n = reader.read_line(pending).map_err(io_err("reading", path))?;
+        if n == 0 || !pending.ends_with('\n') {
+            break;
+        }
+        offset += pending.len() as u64;
+        if let Ok(e) = serde_json::from_str::<Entry>(pending) {
+            f(e)?;
+        }
+        pending.clear();
+    }
+    Ok(offset)
+}
+
+fn open_log(path: &Path) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("opening", path)(e)),
+    }
+}
+
+fn write_err(e: std::io::Error) -> RunError {
+    io_err("writing", Path::new("stdout"))(e)
+}
+
 /// Prints the log (the last `tail` entries when given); returns the offset read up to.
 pub fn print(
     path: &Path,
@@ -131,34 +168,24 @@ pub fn print(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<u64> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io_err("opening", path)(e)),
+    let Some(file) = open_log(path)? else {
+        return Ok(0);
     };
-    let mut reader = BufReader::new(file);
     let mut entries = Vec::new();
-    let mut offset = 0u64;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(io_err("reading", path))?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
-        }
-        offset += n as u64;
-        if let Ok(e) = serde_json::from_str::<Entry>(&line) {
+    let mut partial = String::new();
+    let offset = for_each_entry(
+        &mut BufReader::new(file),
+        path,
+        None,
+        &mut partial,
+        &mut |e| {
             entries.push(e);
-        }
-    }
-    let skip = match tail {
-        Some(t) => entries.len().saturating_sub(t),
-        None => 0,
-    };
+            Ok(())
+        },
+    )?;
+    let skip = tail.map_or(0, |t| entries.len().saturating_sub(t));
     for e in &entries[skip..] {
-        print_entry(e, show, out, err).map_err(io_err("writing", Path::new("stdout")))?;
+        print_entry(e, show, out, err).map_err(write_err)?;
     }
     Ok(offset)
 }
@@ -172,70 +199,57 @@ pub fn print_range(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<()> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err("opening", path)(e)),
+    let Some(file) = open_log(path)? else {
+        return Ok(());
     };
-    let mut reader = BufReader::new(file);
-    let mut offset = 0u64;
-    let mut line = String::new();
-    while offset < end {
-        line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(io_err("reading", path))?;
-        if n == 0 || !line.ends_with('\n') {
-            break;
-        }
-        offset += n as u64;
-        if let Ok(e) = serde_json::from_str::<Entry>(&line) {
-            print_entry(&e, show, out, err).map_err(io_err("writing", Path::new("stdout")))?;
-        }
-    }
+    let mut partial = String::new();
+    for_each_entry(
+        &mut BufReader::new(file),
+        path,
+        Some(end),
+        &mut partial,
+        &mut |e| print_entry(&e, show, out, err).map_err(write_err),
+    )?;
     Ok(())
 }
 
 /// Prints entries appended after `offset` until `done()` says the writer is gone and
-/// everything has been read (`logs -f`).
+/// everything has been read (`logs -f`, attach). The log is opened once and kept open, so
+/// the last lines of a `--rm` container whose directory is removed still arrive; it is
+/// polled from 1 ms, backing off to 100 ms while nothing comes.
 pub fn follow(
     path: &Path,
-    mut offset: u64,
+    offset: u64,
     show: Show,
     out: &mut dyn Write,
     err: &mut dyn Write,
     done: &dyn Fn() -> bool,
 ) -> Result<()> {
+    let max = std::time::Duration::from_millis(100);
+    let mut backoff = super::Backoff::up_to(max);
+    let mut reader = None;
     let mut pending = String::new();
     loop {
         let finished = done();
-        if let Ok(mut f) = File::open(path) {
-            f.seek(SeekFrom::Start(offset))
-                .map_err(io_err("seeking", path))?;
-            let mut reader = BufReader::new(f);
-            loop {
-                let mut line = String::new();
-                let n = reader
-                    .read_line(&mut line)
-                    .map_err(io_err("reading", path))?;
-                if n == 0 {
-                    break;
-                }
-                offset += n as u64;
-                pending.push_str(&line);
-                if pending.ends_with('\n') {
-                    if let Ok(e) = serde_json::from_str::<Entry>(&pending) {
-                        print_entry(&e, show, out, err)
-                            .map_err(io_err("writing", Path::new("stdout")))?;
-                    }
-                    pending.clear();
-                }
+        if reader.is_none() {
+            if let Some(mut f) = open_log(path)? {
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(io_err("seeking", path))?;
+                reader = Some(BufReader::new(f));
+            }
+        }
+        if let Some(r) = reader.as_mut() {
+            let read = for_each_entry(r, path, None, &mut pending, &mut |e| {
+                print_entry(&e, show, out, err).map_err(write_err)
+            })?;
+            if read > 0 {
+                backoff = super::Backoff::up_to(max);
             }
         }
         if finished {
             return Ok(());
         }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        backoff.sleep();
     }
 }
 

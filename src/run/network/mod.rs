@@ -310,7 +310,8 @@ impl Networks {
         let had_subnet = info.subnet.is_some();
         let set_up = ensure_bridge(&self.dir, &mut info, &others)?;
         if set_up && !had_subnet {
-            state::save_endpoints(&self.dir, &info)?;
+            // The subnet is the network's configuration, not endpoint state: durable.
+            state::save(&self.dir, &info)?;
         }
         let subnet = info
             .subnet
