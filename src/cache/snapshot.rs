@@ -84,8 +84,16 @@ const MAX_CHAIN: usize = 4096;
 pub fn chain_id(diff_ids: &[Digest]) -> Option<Digest> {
     let (first, rest) = diff_ids.split_first()?;
     Some(rest.iter().fold(first.clone(), |chain, diff_id| {
-        Digest::of(format!("{chain} {diff_id}").as_bytes())
+        chain_on(Some(&chain), diff_id)
     }))
+}
+
+/// The chain ID of a layer with diff ID `diff_id` on top of the chain `parent`.
+pub fn chain_on(parent: Option<&Digest>, diff_id: &Digest) -> Digest {
+    match parent {
+        Some(p) => Digest::of(format!("{p} {diff_id}").as_bytes()),
+        None => diff_id.clone(),
+    }
 }
 
 /// Errors of the snapshotters.

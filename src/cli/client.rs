@@ -25,20 +25,23 @@ pub struct ApiClient {
     pub(super) host: String,
 }
 
-/// The daemon this command should use, if any.
-pub fn daemon_host(cli: &Cli) -> Option<String> {
-    if matches!(cli.command, Command::Daemon(_)) {
-        return None;
+/// The daemon this command should use, if any, connected. Commands that are always local
+/// (`check`, `login`, `logout`, `daemon`) never look for one, so they never wait on a probe.
+pub fn daemon_client(cli: &Cli) -> anyhow::Result<Option<ApiClient>> {
+    if matches!(
+        cli.command,
+        Command::Daemon(_) | Command::Check(_) | Command::Login(_) | Command::Logout(_)
+    ) {
+        return Ok(None);
     }
     if let Some(h) = cli.host.first() {
-        return Some(h.clone());
+        return ApiClient::connect(h).map(Some);
     }
     // DOCKER_HOST only when a kiln daemon answers there (never hijack a real docker).
-    let docker = std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.is_empty())?;
-    let client = ApiClient::connect(&docker).ok()?;
-    client.is_kiln().then_some(docker)
+    let Some(docker) = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    Ok(ApiClient::connect(&docker).ok().filter(ApiClient::is_kiln))
 }
 
 impl ApiClient {
@@ -143,9 +146,8 @@ pub(super) fn enc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// Runs a command through the daemon at `host`.
-pub fn run(cli: &Cli, host: &str) -> anyhow::Result<Outcome> {
-    let api = ApiClient::connect(host)?;
+/// Runs a command through the daemon `api`.
+pub fn run(cli: &Cli, api: ApiClient) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Build(args) => build(&api, args),
         Command::Images(args) => list(&api, args),

@@ -482,9 +482,13 @@ pub(super) fn pull_if_missing(
         progress: &StderrProgress,
         snapshots: Some(snapshots),
     };
-    crate::push::pull::pull_if_missing(&engine.store, image, &opts).with_context(|| {
-        format!("image {reference:?} is not in the local store, and pulling it failed")
-    })?;
+    // Known missing: pull at once (pull_if_missing would look it up again).
+    crate::push::client::parse_reference(image)
+        .map_err(anyhow::Error::from)
+        .and_then(|r| Ok(crate::push::pull::pull(&engine.store, &r, &opts)?))
+        .with_context(|| {
+            format!("image {reference:?} is not in the local store, and pulling it failed")
+        })?;
     Ok(())
 }
 
@@ -549,9 +553,7 @@ pub fn run(args: &RunArgs, via: Via) -> anyhow::Result<Outcome> {
         Via::Local(root) => root,
         Via::Api(api) => return super::client_containers::run(api, args),
     };
-    let created = options(&args.create)
-        .and_then(|opts| Local::new(root).create(&opts))
-        .and_then(|id| find(root, &id));
+    let created = options(&args.create).and_then(|opts| Local::new(root).create_container(&opts));
     let c = match created {
         Ok(c) => c,
         Err(e) => {

@@ -74,6 +74,22 @@ impl Local {
         }
     }
 
+    /// Creates the container (pulling its image when missing).
+    pub fn create_container(
+        &self,
+        opts: &CreateOptions,
+    ) -> anyhow::Result<crate::run::state::Container> {
+        let engine = super::engine::Engine::open(&self.root)?;
+        let snapshots = engine.snapshotter()?;
+        super::container::pull_if_missing(&engine, snapshots.as_ref(), &opts.image)?;
+        Ok(crate::run::create::create(
+            &self.root,
+            &engine.store,
+            snapshots.as_ref(),
+            opts,
+        )?)
+    }
+
     fn find(&self, key: &str) -> anyhow::Result<crate::run::state::Container> {
         Ok(Containers::open(&self.root)?.find(key)?)
     }
@@ -81,11 +97,7 @@ impl Local {
 
 impl ContainerBackend for Local {
     fn create(&self, opts: &CreateOptions) -> anyhow::Result<String> {
-        let engine = super::engine::Engine::open(&self.root)?;
-        let snapshots = crate::run::rootfs::open_snapshots(&self.root)?;
-        super::container::pull_if_missing(&engine, snapshots.as_ref(), &opts.image)?;
-        let c = crate::run::create::create(&self.root, &engine.store, snapshots.as_ref(), opts)?;
-        Ok(c.config.id)
+        Ok(self.create_container(opts)?.config.id)
     }
 
     fn start(&self, key: &str) -> anyhow::Result<()> {

@@ -215,8 +215,8 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    if let Some(host) = client::daemon_host(cli) {
-        return client::run(cli, &host);
+    if let Some(api) = client::daemon_client(cli)? {
+        return client::run(cli, api);
     }
     let engine = || engine::Engine::open(&cli.root);
     match &cli.command {

@@ -234,20 +234,7 @@ pub fn push(args: &PushArgs, engine: &Engine) -> anyhow::Result<Outcome> {
 
 /// `https://host/v2/` or `host` → `host`; nothing → Docker Hub.
 fn server_host(server: Option<&str>) -> String {
-    match server {
-        Some(s) => {
-            let host = credentials::convert_to_hostname(s.trim());
-            if matches!(
-                host,
-                "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
-            ) {
-                crate::reference::DEFAULT_DOMAIN.to_string()
-            } else {
-                host.to_string()
-            }
-        }
-        None => crate::reference::DEFAULT_DOMAIN.to_string(),
-    }
+    credentials::registry_host(server.unwrap_or_default())
 }
 
 fn prompt(label: &str) -> anyhow::Result<String> {

@@ -134,14 +134,8 @@ pub fn settings_for_build(
         .map(|m| {
             m.iter()
                 .filter_map(|(registry, auth)| {
-                    let host = crate::push::credentials::convert_to_hostname(registry);
-                    let host = match host {
-                        "index.docker.io" | "registry-1.docker.io" => {
-                            crate::reference::DEFAULT_DOMAIN
-                        }
-                        h => h,
-                    };
-                    credentials_of(auth).map(|c| (host.to_string(), c))
+                    let host = crate::push::credentials::registry_host(registry);
+                    credentials_of(auth).map(|c| (host, c))
                 })
                 .collect()
         })
@@ -335,12 +329,7 @@ pub async fn auth(req: Request<Incoming>) -> ApiResult {
     if body.username.is_empty() || body.password.is_empty() {
         return Err(ApiError::bad_request("username and password are required"));
     }
-    let host = match crate::push::credentials::convert_to_hostname(body.serveraddress.trim()) {
-        "" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
-            crate::reference::DEFAULT_DOMAIN.to_string()
-        }
-        h => h.to_string(),
-    };
+    let host = crate::push::credentials::registry_host(&body.serveraddress);
     let settings = RegistrySettings::load(&[])
         .map_err(|e| ApiError::internal(format!("registry settings: {e}")))?;
     let creds = Credentials::basic(body.username, body.password);

@@ -723,7 +723,7 @@ impl Builder<'_> {
                     tempfile::tempdir_in(&self.tmp).map_err(|e| ExecError::io(&self.tmp, e))?;
                 fileop::mkdir(Some(view.path()), upper.path(), path, owner)?;
                 drop(view);
-                self.commit_layer(plan, upper.path(), chain.as_ref(), true)
+                self.commit_layer(plan, upper.path(), chain.as_ref())
                     .map(Some)
             }
             OpKind::Copy(c) => {
@@ -735,7 +735,7 @@ impl Builder<'_> {
                 if !wrote {
                     return Ok(None);
                 }
-                self.commit_layer(plan, upper.path(), chain.as_ref(), true)
+                self.commit_layer(plan, upper.path(), chain.as_ref())
                     .map(Some)
             }
         }
@@ -864,7 +864,7 @@ impl Builder<'_> {
         let layer = if empty {
             None
         } else {
-            Some(self.commit_layer(plan, &upper, chain, true)?)
+            Some(self.commit_layer(plan, &upper, chain)?)
         };
         active
             .close()
@@ -873,17 +873,16 @@ impl Builder<'_> {
     }
 
     /// Turns a layer directory into a layer on top of `parent`: a committed snapshot, and a
-    /// blob in the content store unless the layer can live as a snapshot only.
-    /// With `movable`, `upper` is a private directory that may be consumed: an overlay
-    /// snapshot then takes its entries by rename instead of unpacking the blob again (one
-    /// write of the layer's bytes instead of two), and no blob is written at all (the tar is
-    /// only hashed; `cache::layer_blob` writes it if the image leaves the machine).
+    /// blob in the content store unless the layer can live as a snapshot only. `upper` is a
+    /// private directory that is consumed: an overlay snapshot takes its entries by rename
+    /// instead of unpacking the blob again (one write of the layer's bytes instead of two),
+    /// and no blob is written at all (the tar is only hashed; `cache::layer_blob` writes it
+    /// if the image leaves the machine).
     fn commit_layer(
         &self,
         plan: &Plan,
         upper: &Path,
         parent: Option<&Digest>,
-        movable: bool,
     ) -> Result<LayerRef, ExecError> {
         let store = |e: String| ExecError::Store(e);
         let opts = LayerOptions {
@@ -891,21 +890,12 @@ impl Builder<'_> {
         };
         // Clamped mtimes (SOURCE_DATE_EPOCH) exist only in the tar: those layers are
         // written and unpacked.
-        let snapshot_only =
-            movable && plan.source_date_epoch.is_none() && self.snapshots.keeps_layer_diffs();
-        let layer = if snapshot_only {
+        let movable = plan.source_date_epoch.is_none();
+        let snapshot_only = movable && self.snapshots.keeps_layer_diffs();
+        let (diff_id, digest, size) = if snapshot_only {
             let (diff_id, size) = layer_blob::hash_layer(upper, &opts)
                 .map_err(|e| store(format!("hashing layer: {e}")))?;
-            LayerRef {
-                blob: Descriptor {
-                    media_type: media::OCI_LAYER.to_string(),
-                    digest: diff_id.clone(),
-                    size,
-                    platform: None,
-                    annotations: BTreeMap::new(),
-                },
-                diff_id,
-            }
+            (diff_id.clone(), diff_id, size)
         } else {
             let mut writer = self
                 .store
@@ -918,27 +908,25 @@ impl Builder<'_> {
                 .lease
                 .commit(writer, Some(&info.digest), Some(info.size))
                 .map_err(|e| store(e.to_string()))?;
-            LayerRef {
-                diff_id: info.diff_id.clone(),
-                blob: Descriptor {
-                    media_type: media::OCI_LAYER.to_string(),
-                    digest,
-                    size,
-                    platform: None,
-                    annotations: BTreeMap::new(),
-                },
-            }
+            (info.diff_id, digest, size)
         };
-        let id = match parent {
-            Some(p) => Digest::of(format!("{p} {}", layer.diff_id).as_bytes()),
-            None => layer.diff_id.clone(),
+        let layer = LayerRef {
+            blob: Descriptor {
+                media_type: media::OCI_LAYER.to_string(),
+                digest,
+                size,
+                platform: None,
+                annotations: BTreeMap::new(),
+            },
+            diff_id,
         };
+        let id = crate::cache::snapshot::chain_on(parent, &layer.diff_id);
         if snapshot_only {
             // The snapshot is the layer's only copy: protect it like a blob.
             self.lease.add(&id).map_err(|e| store(e.to_string()))?;
         }
         if !self.snapshots.exists(&id) {
-            if movable && plan.source_date_epoch.is_none() {
+            if movable {
                 self.move_into_snapshot(&id, parent, upper, &layer.blob.digest)?;
             } else {
                 self.unpack_into_snapshot(&id, parent, &layer.blob.digest)?;

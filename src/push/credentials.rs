@@ -193,6 +193,17 @@ pub fn convert_to_hostname(address: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
+/// The registry host a login address names (`https://index.docker.io/v1/` → `docker.io`,
+/// `host:5000/x` → `host:5000`); empty → Docker Hub.
+pub fn registry_host(address: &str) -> String {
+    let host = convert_to_hostname(address.trim());
+    if host.is_empty() || is_docker_hub(host) {
+        crate::reference::DEFAULT_DOMAIN.to_string()
+    } else {
+        host.to_string()
+    }
+}
+
 /// Whether a hostname is Docker Hub's (whose credentials are stored under [`DOCKER_HUB_KEY`]).
 fn is_docker_hub(host: &str) -> bool {
     matches!(
@@ -661,23 +672,23 @@ impl Helper {
 /// Standard base64 (RFC 4648 §4), as docker writes `auth`: the `base64` crate, decoding
 /// with or without padding and ignoring surrounding whitespace.
 pub mod base64 {
-    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-    use base64::engine::DecodePaddingMode;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
     use base64::Engine as _;
-
-    const STANDARD: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
 
     /// Encodes with `=` padding.
     pub fn encode(input: &[u8]) -> String {
         STANDARD.encode(input)
     }
 
-    /// Decodes standard base64; `None` if the input is not base64.
+    /// Decodes standard base64, padded exactly or not at all (surrounding whitespace is
+    /// ignored); `None` if the input is not base64.
     pub fn decode(input: &str) -> Option<Vec<u8>> {
-        STANDARD.decode(input.trim()).ok()
+        let input = input.trim();
+        if input.contains('=') {
+            STANDARD.decode(input).ok()
+        } else {
+            STANDARD_NO_PAD.decode(input).ok()
+        }
     }
 }
 
@@ -753,7 +764,7 @@ esac
         assert_eq!(base64::decode(" Zm8=\n").unwrap(), b"fo");
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(base64::decode(&base64::encode(&all)).unwrap(), all);
-        for bad in ["Z", "Z===", "Zm9v!", "Zm=9", "Zm9vY", "=Zm9"] {
+        for bad in ["Z", "Zg=", "Z===", "Zm9v!", "Zm=9", "Zm9vY", "=Zm9"] {
             assert_eq!(base64::decode(bad), None, "{bad}");
         }
     }

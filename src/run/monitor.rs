@@ -709,21 +709,22 @@ pub fn monitor_main(args: &[String]) -> ! {
 /// monitor writes in between, such as its network set-up or the start, for a crash, and
 /// release the container's network and processes under it.)
 pub fn settle(root: &Path, c: &Container) -> Result<State> {
-    let real = c.state()?;
-    if real.is_running() {
-        return Ok(real);
-    }
+    // The common case costs one read and one lock probe.
     let stored = c.stored_state()?;
-    if stored.is_running() && !c.monitor_alive() {
+    if !stored.is_running() || c.monitor_alive() {
+        return Ok(stored);
+    }
+    // Running, and nobody holds the lock: the monitor is gone, or it wrote the exit and
+    // let go just now; `state` reads again and tells which.
+    let real = c.state()?;
+    if c.stored_state()?.is_running() {
         release(root, c);
-        // Written only if the state still says running (the monitor may have written
-        // the exit itself meanwhile).
-        let settled = c.update_state(|s| {
+        // Written only if the state still says running.
+        return c.update_state(|s| {
             if s.is_running() {
                 *s = real.clone();
             }
-        })?;
-        return Ok(settled);
+        });
     }
     Ok(real)
 }

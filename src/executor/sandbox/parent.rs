@@ -551,7 +551,18 @@ pub(super) fn run(
     let mut started = None;
     let mut console_master = None;
     let mut console_waiting = config.container.console.is_some();
-    let (mut execed, mut notified) = (false, false);
+    let mut execed = false;
+    // `on_started`, once, when the command runs and no setup step failed.
+    let mut notified = false;
+    let mut notify = |started: Option<i32>, failure: &Option<_>, console: &mut Option<_>| {
+        if let (false, Some(pid), None) = (notified, started, failure) {
+            on_started(Started {
+                pid,
+                console: console.take(),
+            });
+        }
+        notified = true;
+    };
     while open > 0 || (reports_open && exited.is_none()) {
         match rx.recv_timeout(CANCEL_POLL) {
             Ok(Event::Output(stream, bytes)) => on_output(stream, &bytes),
@@ -572,14 +583,8 @@ pub(super) fn run(
         }
         // Started once the command runs and, with a pty, its master came (the two arrive
         // from different threads, in either order).
-        if execed && !console_waiting && !notified {
-            notified = true;
-            if let (Some(pid), None) = (started, &failure) {
-                on_started(Started {
-                    pid,
-                    console: console_master.take(),
-                });
-            }
+        if execed && !console_waiting {
+            notify(started, &failure, &mut console_master);
         }
         if !cancelled && cancel.is_cancelled() {
             cancelled = true;
@@ -593,13 +598,8 @@ pub(super) fn run(
     }
     // An exit report without a setup failure means the execve happened, even when the
     // exec pipe's EOF is still on its way (a command that exits at once).
-    if !notified && exited.is_some() && !cancelled {
-        if let (Some(pid), None) = (started, &failure) {
-            on_started(Started {
-                pid,
-                console: console_master.take(),
-            });
-        }
+    if exited.is_some() && !cancelled {
+        notify(started, &failure, &mut console_master);
     }
     for t in threads {
         let _ = t.join();
