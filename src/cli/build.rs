@@ -86,7 +86,7 @@ pub struct BuildArgs {
     #[arg(short = 'o', long = "output", value_name = "type=TYPE[,dest=PATH]")]
     pub output: Vec<String>,
 
-    /// Layer compression for exported images (oci/docker outputs).
+    /// Layer compression for exported and pushed images (oci/docker outputs, --push, type=registry).
     #[arg(long, value_enum, value_name = "gzip|zstd|uncompressed")]
     pub compression: Option<CompressionArg>,
 
