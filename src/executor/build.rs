@@ -151,6 +151,9 @@ struct StageRun {
     base_time: Option<i64>,
     /// History entries of this stage's metadata steps, timed at the end (with `clock`).
     untimed: Vec<usize>,
+    /// How many of `layers` (from the bottom) are known to have snapshots: a step built
+    /// here makes one; cache hits from another machine may not have one yet.
+    ready: usize,
 }
 
 /// Which stages skip cache lookups (their results are still recorded).
@@ -349,11 +352,9 @@ impl Builder<'_> {
 
     /// Makes sure every prefix of the layer chain is an unpacked snapshot.
     fn ensure_snapshots(&self, layers: &[LayerRef]) -> Result<(), ExecError> {
-        let mut diff_ids = Vec::with_capacity(layers.len());
         let mut parent: Option<Digest> = None;
         for l in layers {
-            diff_ids.push(l.diff_id.clone());
-            let id = chain_id(&diff_ids).ok_or_else(|| ExecError::Store("empty chain".into()))?;
+            let id = crate::cache::snapshot::chain_on(parent.as_ref(), &l.diff_id);
             if !self.snapshots.exists(&id) {
                 self.unpack_into_snapshot(&id, parent.as_ref(), &l.blob.digest)?;
             }
@@ -424,6 +425,7 @@ impl Builder<'_> {
                 .as_deref()
                 .and_then(crate::cache::image::parse_rfc3339),
             untimed: Vec::new(),
+            ready: 0,
         })
     }
 
@@ -497,10 +499,10 @@ impl Builder<'_> {
                     .map_err(|e| e.at(op.span, shown))?,
                 _ => None,
             };
-            let (layer, step_time) = match cached {
+            let (layer, step_time, built_here) = match cached {
                 Some((hit, made)) => {
                     self.progress.cached(step_id);
-                    (hit, Some(made))
+                    (hit, Some(made), false)
                 }
                 None => {
                     if let (Some(explain), Some(r)) = (&self.explain, &record) {
@@ -511,8 +513,11 @@ impl Builder<'_> {
                     }
                     // Earlier steps may have been cache hits whose layers came from another
                     // machine (--cache-from): unpack them before building on top.
-                    self.ensure_snapshots(&state.layers)
-                        .map_err(|e| e.at(op.span, shown))?;
+                    if state.ready < state.layers.len() {
+                        self.ensure_snapshots(&state.layers)
+                            .map_err(|e| e.at(op.span, shown))?;
+                        state.ready = state.layers.len();
+                    }
                     let layer = self
                         .run_op(&StepCtx { step_id, ..*step }, op, &state.layers)
                         .map_err(|e| e.at(op.span, shown))?;
@@ -535,7 +540,7 @@ impl Builder<'_> {
                     }
                     self.progress.done(step_id, started.elapsed().as_secs_f64());
                     let ran = (!matches!(op.kind, OpKind::Metadata)).then_some(plan.created);
-                    (layer, ran)
+                    (layer, ran, true)
                 }
             };
             // SOURCE_DATE_EPOCH pins every time.
@@ -562,6 +567,9 @@ impl Builder<'_> {
             let empty = layer.is_none();
             if let Some(l) = layer {
                 state.layers.push(l);
+                if built_here && state.ready + 1 == state.layers.len() {
+                    state.ready = state.layers.len();
+                }
             }
             state.history.push(History {
                 created: step_time.map(rfc3339),
@@ -784,8 +792,9 @@ impl Builder<'_> {
                 fileop::copy(c, &tree, &env)
             }
             CopyFrom::Image(img) => {
+                // image_result has unpacked its layers already.
                 let src = self.image_result(&img.manifest_digest)?;
-                let view = self.view_result(&src)?;
+                let view = self.view(src.chain().as_ref())?;
                 let tree = RootfsTree {
                     root: view.path(),
                     name: format!("image {}", img.reference),
@@ -808,7 +817,7 @@ impl Builder<'_> {
             .lookup(name)
             .map_err(|e| ExecError::Store(e.to_string()))?;
         let r = self.image_result(&img.manifest_digest)?;
-        self.view_result(&r)
+        self.view(r.chain().as_ref())
     }
 
     fn run_step(
