@@ -153,13 +153,8 @@ pub async fn kill(state: &Arc<State>, key: &str, query: &Query) -> ApiResult {
     let st = state.clone();
     let key = key.to_string();
     blocking(move || {
+        // Not running: lifecycle::kill's conflict (409).
         let c = find(&st, &key)?;
-        if !c.state()?.is_running() {
-            return Err(ApiError::conflict(format!(
-                "cannot kill container: {key}: container {} is not running",
-                c.id()
-            )));
-        }
         lifecycle::kill(&st.engine.root, &c, signal.as_deref())?;
         publish(&st, "kill", &c);
         Ok(())

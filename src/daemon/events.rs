@@ -97,7 +97,7 @@ pub fn stream_events(state: &Arc<State>, query: &Query) -> ApiResult {
         .filter(|v| !v.is_empty())
         .map(|v| parse_time("until", v))
         .transpose()?;
-    let (past, mut live) = state.engine.events.subscribe();
+    let (past, mut live) = state.engine.events.subscribe_with(since.is_some());
     let mut shutdown = state.shutdown.clone();
     let (tx, resp) = stream("application/json");
     let in_window = move |e: &Event| {
@@ -111,7 +111,7 @@ pub fn stream_events(state: &Arc<State>, query: &Query) -> ApiResult {
                 }
             }
         }
-        let now = Event::new("", "", "").time_nano;
+        let now = i64::try_from(crate::run::state::now_nanos()).unwrap_or(i64::MAX);
         let remaining = match until {
             Some(u) if u <= now => return,
             Some(u) => Duration::from_nanos(u64::try_from(u - now).unwrap_or(0)),

@@ -27,10 +27,7 @@ pub struct Event {
 
 impl Event {
     pub fn new(kind: &str, action: &str, id: &str) -> Event {
-        let time_nano = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        let time_nano = i64::try_from(crate::run::state::now_nanos()).unwrap_or(i64::MAX);
         Event {
             kind: kind.into(),
             action: action.into(),
@@ -80,8 +77,19 @@ impl EventBus {
 
     /// The remembered events and a receiver for everything after them.
     pub fn subscribe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
-        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        (history.iter().cloned().collect(), self.tx.subscribe())
+        self.subscribe_with(true)
+    }
+
+    /// [`EventBus::subscribe`], copying the remembered events only when `history` (a
+    /// client that asked for `since`); the live feed starts where they end either way.
+    pub fn subscribe_with(&self, history: bool) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let remembered = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let past = if history {
+            remembered.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        (past, self.tx.subscribe())
     }
 }
 

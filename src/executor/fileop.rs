@@ -274,7 +274,7 @@ pub fn copy(op: &CopyOp, tree: &dyn SourceTree, env: &CopyEnv) -> Result<bool, E
             .as_ref()
             .map(|c| c.apply(0o644, false))
             .unwrap_or(0o644);
-        w.finish_entry(&path, mode, w.owner.unwrap_or((0, 0)), None, false)?;
+        finish_entry(&path, mode, w.owner.unwrap_or((0, 0)), None)?;
         w.wrote = true;
     }
     for (rel, is_inline, pivot) in &items {
@@ -476,7 +476,11 @@ impl Writer<'_> {
                         .as_ref()
                         .map(|c| c.apply(mode, true))
                         .unwrap_or(mode);
-                    (mode, self.owner_for(m), Some((m.mtime(), m.mtime_nsec())))
+                    (
+                        mode,
+                        self.copier().owner_for(m),
+                        Some((m.mtime(), m.mtime_nsec())),
+                    )
                 }
                 (_, _, Some(b)) => (
                     b.mode() & 0o7777,
@@ -488,14 +492,6 @@ impl Writer<'_> {
             self.dirs_to_finish.push((path, mode, owner, times));
         }
         Ok(())
-    }
-
-    fn owner_for(&self, m: &std::fs::Metadata) -> (u32, u32) {
-        match self.owner {
-            Some(o) => o,
-            None if self.preserve_owner => (m.uid(), m.gid()),
-            None => (0, 0),
-        }
     }
 
     /// Copies one entry (not following a symlink) to `target` in the layer.
@@ -518,23 +514,12 @@ impl Writer<'_> {
         }
     }
 
-    fn finish_entry(
-        &self,
-        path: &Path,
-        mode: u32,
-        owner: (u32, u32),
-        times: Option<(i64, i64)>,
-        _follow: bool,
-    ) -> Result<(), ExecError> {
-        finish_entry(path, mode, owner, times)
-    }
-
     fn finish_dirs(&mut self) -> Result<(), ExecError> {
         // Deepest first, so setting a child's times does not disturb its parent's.
         let mut dirs = std::mem::take(&mut self.dirs_to_finish);
         dirs.sort_by(|a, b| b.0.cmp(&a.0));
         for (path, mode, owner, times) in dirs {
-            self.finish_entry(&path, mode, owner, times, true)?;
+            finish_entry(&path, mode, owner, times)?;
         }
         Ok(())
     }
