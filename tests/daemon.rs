@@ -1022,6 +1022,22 @@ fn docker_volume_create_ls_inspect_rm_prune() {
         d.k.ok(&["volume", "ls", "-q"]),
         d.docker(&["volume", "ls", "-q"])
     );
+    // dangling: the volumes no container uses.
+    let user = format!("kv{}", std::process::id() % 100_000);
+    d.docker(&[
+        "create",
+        "--name",
+        &user,
+        "-v",
+        "data1:/data",
+        d.k.busybox(),
+        "true",
+    ]);
+    let unused = d.docker(&["volume", "ls", "-q", "--filter", "dangling=true"]);
+    let used = d.docker(&["volume", "ls", "-q", "--filter", "dangling=false"]);
+    assert_eq!(unused.trim(), anon);
+    assert_eq!(used.trim(), "data1");
+    d.docker(&["rm", &user]);
     let (_, e) = d.docker_expect(&["volume", "create", "bad/name"], false);
     assert!(e.contains("invalid characters"), "{e}");
     let (_, e) = d.docker_expect(&["volume", "inspect", "nope"], false);

@@ -39,8 +39,19 @@ pub async fn list(state: &Arc<State>, query: &Query) -> ApiResult {
     let f = query.filters()?;
     f.only(&["name", "dangling", "driver"])?;
     let st = state.clone();
+    let dangling = match f.values("dangling") {
+        [] => None,
+        [x] if x == "true" || x == "1" => Some(true),
+        [x] if x == "false" || x == "0" => Some(false),
+        _ => return Err(ApiError::bad_request("invalid filter 'dangling'")),
+    };
     let docs = blocking(move || {
         let volumes = open(&st)?;
+        // Containers are listed once, and only when the filter needs them.
+        let refs = match dangling {
+            Some(_) => volumes.refs()?,
+            None => Default::default(),
+        };
         let mut docs = Vec::new();
         for v in volumes.list()? {
             let names = f.values("name");
@@ -50,14 +61,8 @@ pub async fn list(state: &Arc<State>, query: &Query) -> ApiResult {
             if !f.values("driver").is_empty() && !f.values("driver").iter().any(|d| d == "local") {
                 continue;
             }
-            let dangling = match f.values("dangling") {
-                [] => None,
-                [x] if x == "true" || x == "1" => Some(true),
-                [x] if x == "false" || x == "0" => Some(false),
-                _ => return Err(ApiError::bad_request("invalid filter 'dangling'")),
-            };
             if let Some(want) = dangling {
-                if volumes.users(&v.meta.name)?.is_empty() != want {
+                if refs.contains_key(&v.meta.name) == want {
                     continue;
                 }
             }

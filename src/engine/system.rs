@@ -27,13 +27,10 @@ pub fn disk_usage(root: &std::path::Path, store: &ImageStore) -> Result<Value, E
         .and_then(|c| c.list())
         .map_err(run_err)?;
     let mut users: BTreeMap<Digest, i64> = BTreeMap::new();
-    let mut volume_refs: BTreeMap<String, i64> = BTreeMap::new();
+    let volume_refs = crate::run::volume::refs_of(&containers);
     let mut container_docs = Vec::new();
     for c in &containers {
         *users.entry(c.config.image_id.clone()).or_default() += 1;
-        for m in c.config.mounts.iter().filter(|m| m.kind == "volume") {
-            *volume_refs.entry(m.source.clone()).or_default() += 1;
-        }
         let Ok(s) = c.state() else { continue };
         let mut doc = super::containers::summary(c, &s);
         doc["SizeRw"] = json!(tree_size(&c.path("upper")));

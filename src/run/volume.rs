@@ -112,6 +112,11 @@ impl Volumes {
     }
 
     /// Ids of the containers that mount the volume.
+    /// How many containers mount each named volume (one listing of the containers).
+    pub fn refs(&self) -> Result<std::collections::BTreeMap<String, i64>> {
+        Ok(refs_of(&Containers::open(&self.root)?.list()?))
+    }
+
     pub fn users(&self, name: &str) -> Result<Vec<String>> {
         let containers = Containers::open(&self.root)?;
         Ok(containers
@@ -183,6 +188,19 @@ pub fn prefill(src: &Path, data: &Path) -> Result<()> {
         let _ = std::fs::set_permissions(data, std::fs::Permissions::from_mode(m.mode() & 0o7777));
     }
     Ok(())
+}
+
+/// How many of `containers` mount each named volume.
+pub fn refs_of(
+    containers: &[crate::run::state::Container],
+) -> std::collections::BTreeMap<String, i64> {
+    let mut refs = std::collections::BTreeMap::new();
+    for c in containers {
+        for m in c.config.mounts.iter().filter(|m| m.kind == "volume") {
+            *refs.entry(m.source.clone()).or_default() += 1;
+        }
+    }
+    refs
 }
 
 #[cfg(test)]
