@@ -394,3 +394,44 @@ fn kiln_client_mode_stdin_exec_and_terminals() {
     let o = run(with_host(&["exec", &name, "true"]), None);
     assert!(stderr(&o).contains("No such container"), "{}", stderr(&o));
 }
+
+/// `kiln -H … build` applies the ignore file on the client, as docker's CLI does: the
+/// context's `.dockerignore`, or `<Dockerfile>.dockerignore` next to a Dockerfile kept
+/// outside the context.
+#[test]
+fn kiln_client_mode_build_sends_what_the_ignore_file_lets_through() {
+    let d = Daemon::start();
+    let base = d.k.busybox();
+    let host = format!("unix://{}", d.sock.display());
+    let check = "RUN test -e /c/keep.txt && test ! -e /c/secret.txt && test ! -e /c/Dockerfile.in";
+    let ctx = d.k.context(
+        "ignored",
+        &format!("FROM {base}\nCOPY . /c\n{check}\n"),
+        &[
+            ("keep.txt", "k"),
+            ("secret.txt", "s"),
+            ("Dockerfile.in", "x"),
+            (".dockerignore", "secret.txt\nDockerfile*\n"),
+        ],
+    );
+    d.k.ok(&["-H", &host, "build", "-q", ctx.to_str().expect("utf8")]);
+    // A Dockerfile outside the context with its own ignore file (which wins).
+    let outside = d.k.work.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("dir");
+    std::fs::write(
+        outside.join("Dockerfile"),
+        format!("FROM {base}\nCOPY . /c\nRUN test ! -e /c/keep.txt && test -e /c/secret.txt\n"),
+    )
+    .expect("Dockerfile");
+    std::fs::write(outside.join("Dockerfile.dockerignore"), "keep.txt\n").expect("ignore");
+    let df = outside.join("Dockerfile");
+    d.k.ok(&[
+        "-H",
+        &host,
+        "build",
+        "-q",
+        "-f",
+        df.to_str().expect("utf8"),
+        ctx.to_str().expect("utf8"),
+    ]);
+}

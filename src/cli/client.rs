@@ -389,12 +389,53 @@ fn load(api: &ApiClient, args: &archive::LoadArgs) -> anyhow::Result<Outcome> {
 
 /// Tars a context directory for the daemon (symlinks kept as links); a Dockerfile outside
 /// the context (or from stdin) is added under a private name.
-fn context_tar(dir: &Path, dockerfile: Option<(&str, &[u8])>) -> anyhow::Result<std::fs::File> {
+/// The build context as a tar file for `/build`, with docker's client-side rules: what the
+/// ignore file (`ignore`, from [`crate::context::dockerignore::ignore_file_for`]) excludes is
+/// not sent, except the Dockerfile (`keep`) and the context's `.dockerignore` when that is
+/// the file in use (`own_ignore`: a `<Dockerfile>.dockerignore` is; then `.dockerignore` is
+/// not sent, so the builder does not apply it on top). A Dockerfile from outside the
+/// context is added under a private name.
+fn context_tar(
+    dir: &Path,
+    ignore: Option<&str>,
+    own_ignore: bool,
+    keep: &str,
+    dockerfile: Option<(&str, &[u8])>,
+) -> anyhow::Result<std::fs::File> {
+    let context = crate::context::BuildContext::open(
+        crate::context::ContextSource::Dir(dir.to_path_buf()),
+        ignore,
+    )
+    .with_context(|| format!("reading the build context {}", dir.display()))?;
+    let entries = context
+        .walk(".", None)
+        .with_context(|| format!("reading the build context {}", dir.display()))?;
     let file = tempfile::tempfile().context("creating a temporary file for the context")?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
     tar.follow_symlinks(false);
-    tar.append_dir_all(".", dir)
-        .with_context(|| format!("reading the build context {}", dir.display()))?;
+    let mut add = |path: &Path, rel: &str| {
+        tar.append_path_with_name(path, rel)
+            .with_context(|| format!("reading {}", path.display()))
+    };
+    let unsent = |rel: &str| rel == "." || (own_ignore && rel == ".dockerignore");
+    for e in entries.iter().filter(|e| !unsent(&e.rel)) {
+        add(&e.path, &e.rel)?;
+    }
+    // The ignore rules never hide the Dockerfile or the ignore file in use from the builder.
+    let always: &[&str] = if own_ignore {
+        &[keep]
+    } else {
+        &[keep, ".dockerignore"]
+    };
+    for &always in always {
+        if !entries.iter().any(|e| e.rel == always) {
+            if let Ok(path) = context.host_path(always, false) {
+                if path.is_file() {
+                    add(&path, always)?;
+                }
+            }
+        }
+    }
     if let Some((name, bytes)) = dockerfile {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
@@ -466,7 +507,22 @@ fn build(api: &ApiClient, args: &BuildArgs) -> anyhow::Result<Outcome> {
                     }
                 }
             };
-        let tar = context_tar(&dir, extra.as_deref().map(|b| (private.as_str(), b)))?;
+        let dockerfile_path = match &args.file {
+            Some(f) => f.clone(),
+            None => dir.join("Dockerfile"),
+        };
+        let ignore_file = crate::context::dockerignore::ignore_file_for(&dockerfile_path, &dir);
+        let own_ignore = ignore_file
+            .as_ref()
+            .is_some_and(|p| *p != dir.join(".dockerignore"));
+        let ignore = ignore_file.and_then(|p| std::fs::read_to_string(p).ok());
+        let tar = context_tar(
+            &dir,
+            ignore.as_deref(),
+            own_ignore,
+            &name,
+            extra.as_deref().map(|b| (private.as_str(), b)),
+        )?;
         (reqwest::blocking::Body::from(tar), name)
     };
     let mut q = vec![
